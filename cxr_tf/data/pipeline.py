@@ -1,0 +1,136 @@
+"""tf.data input pipelines for classification and segmentation.
+
+Split in the tensorflow/models way: TFDS decodes records into feature dicts (the decoder); the
+parsers here turn one decoded example into model inputs and targets. Geometric augmentation is
+applied to image and mask together, so they stay aligned.
+
+Every dataset yields batches of `(image, target)`:
+  - classification: image (B, size, size, 1) float32 in [0, 1]; target (B, 14) float32 multi-hot;
+  - segmentation: image (B, size, size, 1); target (B, size, size, 3) float32 in {0, 1}.
+`with_ids=True` adds a third element, the image ids, for evaluation.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from cxr_tf.data import features as fk
+from cxr_tf.data import preprocessing
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Anatomically safe augmentation. Left-right flips are absent on purpose: they move the heart.
+
+    Attributes:
+      min_crop_fraction: random square crop (uniform position) covering at least this fraction
+        of the side, resized back to the input size (1 = off).
+      brightness: max absolute brightness shift (0 = off).
+      contrast: max relative contrast change (0 = off).
+    """
+    min_crop_fraction: float = 1.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+    @property
+    def enabled(self):
+        return self.min_crop_fraction < 1.0 or self.brightness > 0 or self.contrast > 0
+
+
+NO_AUGMENTATION = Augmentation()
+
+
+def _random_crop(stacked, fraction_low, seed):
+    """Random square crop (shared by all channels) of side fraction in [fraction_low, 1]."""
+    h = tf.shape(stacked)[0]
+    w = tf.shape(stacked)[1]
+    frac = tf.random.stateless_uniform([], seed=seed, minval=fraction_low, maxval=1.0)
+    side = tf.cast(tf.cast(tf.minimum(h, w), tf.float32) * frac, tf.int32)
+    seed2 = tf.random.experimental.stateless_fold_in(seed, 1)
+    oy = tf.random.stateless_uniform([], seed=seed2, maxval=h - side + 1, dtype=tf.int32)
+    seed3 = tf.random.experimental.stateless_fold_in(seed, 2)
+    ox = tf.random.stateless_uniform([], seed=seed3, maxval=w - side + 1, dtype=tf.int32)
+    return stacked[oy:oy + side, ox:ox + side, :]
+
+
+def _photometric(image, aug, seed):
+    if aug.contrast > 0:
+        s = tf.random.experimental.stateless_fold_in(seed, 3)
+        factor = tf.random.stateless_uniform([], seed=s, minval=1 - aug.contrast,
+                                             maxval=1 + aug.contrast)
+        image = (image - 0.5) * factor + 0.5
+    if aug.brightness > 0:
+        s = tf.random.experimental.stateless_fold_in(seed, 4)
+        image = image + tf.random.stateless_uniform([], seed=s, minval=-aug.brightness,
+                                                    maxval=aug.brightness)
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def parse_classification(example, size, resize_size=None, aug=NO_AUGMENTATION, seed=None):
+    """Decoded example -> (image (size, size, 1) float32, labels (14,) float32)."""
+    image = preprocessing.to_float(example[fk.IMAGE])
+    if aug.enabled:
+        if aug.min_crop_fraction < 1.0:
+            image = _random_crop(image, aug.min_crop_fraction, seed)
+        image = preprocessing.resize_and_crop(image, size, resize_size)
+        image = _photometric(image, aug, seed)
+    else:
+        image = preprocessing.resize_and_crop(image, size, resize_size)
+    return image, tf.cast(example[fk.LABELS], tf.float32)
+
+
+def parse_segmentation(example, size, aug=NO_AUGMENTATION, seed=None):
+    """Decoded example -> (image (size, size, 1), masks (size, size, S) float32 in {0, 1})."""
+    image = preprocessing.to_float(example[fk.IMAGE])
+    masks = tf.cast(example[fk.MASKS], tf.float32) / 255.0
+    n_masks = masks.shape[-1]
+    stacked = tf.concat([image, masks], axis=-1)
+    if aug.enabled and aug.min_crop_fraction < 1.0:
+        stacked = _random_crop(stacked, aug.min_crop_fraction, seed)
+    stacked = preprocessing.resize_and_crop(stacked, size)
+    image = stacked[..., :1]
+    masks = tf.cast(stacked[..., 1:] >= 0.5, tf.float32)
+    masks = tf.ensure_shape(masks, [size, size, n_masks])
+    if aug.enabled:
+        image = _photometric(image, aug, seed)
+    return image, masks
+
+
+def make_dataset(examples, parse_fn, batch_size, training, aug=NO_AUGMENTATION, seed=0,
+                 shuffle_buffer=2048, cache=False, with_ids=False, deterministic=None):
+    """Builds a batched, prefetched dataset from a dataset of decoded examples.
+
+    Args:
+      examples: tf.data.Dataset of decoded feature dicts (e.g. `builder.as_dataset(split)`).
+      parse_fn: `fn(example, aug=..., seed=...) -> (image, target)`, e.g. a functools.partial of
+        parse_classification or parse_segmentation.
+      batch_size: global batch size.
+      training: shuffle (reshuffled every epoch), augment, and drop the last partial batch.
+      aug: Augmentation applied when training.
+      seed: seed of shuffling and augmentation; the same seed gives the same batches.
+      shuffle_buffer: shuffle buffer size.
+      cache: cache decoded examples in memory after the first pass (for small data sets).
+      with_ids: append the image id to every element (evaluation).
+      deterministic: force deterministic element order (None: tf.data's default).
+    """
+    ds = examples
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        # A fresh stream of per-example seeds every epoch, reproducible from `seed`.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+
+        def parse(example, s):
+            return parse_fn(example, aug=aug, seed=s)
+    else:
+        def parse(example):
+            out = parse_fn(example)
+            return (*out, example[fk.IMAGE_ID]) if with_ids else out
+
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    return ds.prefetch(AUTOTUNE)

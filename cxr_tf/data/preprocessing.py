@@ -1,0 +1,82 @@
+"""Image preprocessing shared by the input pipelines, evaluation and the exported SavedModel.
+
+One implementation, used on every path, so that a served image is preprocessed exactly like an
+evaluated one (the export parity test checks this).
+
+The model input contract: (size, size, 1) float32 in [0, 1], a radiograph with lungs dark and
+bone bright. `resize_size` >= `size` reproduces the paper's "resize to 256, centre-crop 224".
+"""
+
+import tensorflow as tf
+
+
+def decode_image_bytes(image_bytes, name="image"):
+    """Decodes encoded PNG, JPEG, BMP or GIF bytes to a (H, W, 1) float32 image in [0, 1].
+
+    Grey, RGB and RGBA inputs become one grey channel (alpha dropped); 16-bit PNGs keep their
+    full precision (scaled by 65535, 8-bit by 255).
+
+    Raises:
+      tf.errors.InvalidArgumentError: when the bytes are not a decodable image; the message
+        names `name`.
+    """
+    tf.debugging.assert_greater(tf.strings.length(image_bytes), 0,
+                                message=f"{name}: empty image bytes (expected PNG or JPEG data)")
+    is_png = tf.strings.substr(image_bytes, 0, 4) == b"\x89PNG"
+
+    def png():
+        # decode_png at uint16 returns 8-bit data scaled to 16 bits, so both depths map to [0, 1].
+        img = tf.io.decode_png(image_bytes, channels=1, dtype=tf.uint16)
+        return tf.cast(img, tf.float32) / 65535.0
+
+    def other():
+        img = tf.io.decode_image(image_bytes, channels=1, expand_animations=False,
+                                 dtype=tf.uint8)
+        return tf.cast(img, tf.float32) / 255.0
+
+    image = tf.cond(is_png, png, other)
+    return tf.ensure_shape(image, [None, None, 1])
+
+
+def to_float(image):
+    """uint8 [0, 255] or uint16 [0, 65535] or float [0, 1] -> float32 [0, 1]."""
+    if image.dtype == tf.uint8:
+        return tf.cast(image, tf.float32) / 255.0
+    if image.dtype == tf.uint16:
+        return tf.cast(image, tf.float32) / 65535.0
+    return tf.cast(image, tf.float32)
+
+
+def resize_and_crop(image, size, resize_size=None, method="bilinear"):
+    """Resizes an image (H, W, C) or batch (B, H, W, C) to `resize_size` square, then centre-crops
+    to `size`.
+
+    Down-sampling uses an anti-aliasing filter. The result has a static spatial shape, which
+    graph-mode resizing on the Keras side needs.
+
+    Args:
+      image: (H, W, C) or (B, H, W, C) float tensor.
+      size: output side.
+      resize_size: side to resize to before cropping; defaults to `size` (no crop).
+      method: tf.image.resize method ("bilinear" for images, "nearest" for label maps).
+    """
+    size = int(size)
+    resize_size = int(resize_size or size)
+    if resize_size < size:
+        raise ValueError(f"resize_size ({resize_size}) must be >= the crop size ({size})")
+    shape = tf.shape(image)
+    already = tf.logical_and(tf.equal(shape[-3], resize_size), tf.equal(shape[-2], resize_size))
+    image = tf.cond(
+        already, lambda: image,
+        lambda: tf.image.resize(image, [resize_size, resize_size], method=method,
+                                antialias=method != "nearest"))
+    if resize_size != size:
+        offset = (resize_size - size) // 2
+        image = image[..., offset:offset + size, offset:offset + size, :]
+    static = image.shape.as_list()
+    return tf.ensure_shape(image, static[:-3] + [size, size, static[-1]])
+
+
+def model_input_from_bytes(image_bytes, size, resize_size=None):
+    """Encoded image bytes -> (size, size, 1) float32 [0, 1] model input."""
+    return resize_and_crop(decode_image_bytes(image_bytes), size, resize_size)

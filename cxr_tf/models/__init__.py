@@ -1,0 +1,7 @@
+"""Keras models of cxr_tf; importing this registers every custom object for `.keras` loading."""
+
+from cxr_tf.models.backbones import BACKBONES, build_backbone
+from cxr_tf.models.classifier import VARIANTS, CXRClassifier, build_classifier, load_model
+from cxr_tf.models.layers import FeatureWeighting, GreyToBackboneInput, MultiScaleAttention
+from cxr_tf.models.losses import SoftDiceLoss
+from cxr_tf.models.unet import UNetSegmenter

@@ -1,0 +1,113 @@
+"""Every command-line flag of cxr_tf's binaries, defined in this one module.
+
+Binaries call the `define_*` groups they need; `experiment_config()` turns the parsed flags into
+an ExperimentConfig (a preset from cxr_tf.configs with single fields overridden).
+"""
+
+import logging
+import os
+
+from absl import flags
+
+from cxr_tf import configs
+
+FLAGS = flags.FLAGS
+
+
+def define_common():
+    """--work_dir, --config and the data set flags."""
+    flags.DEFINE_string("work_dir", None, "Work directory: data sets, models, reports and exports "
+                        "go into its subdirectories (tfds/, segmenter/, classifier/, eval/, "
+                        "export/).", required=True)
+    flags.DEFINE_enum("config", "demo", list(configs.PRESETS),
+                      "Preset: 'demo' (phantoms, small DenseNet, minutes on a CPU), 'paper' "
+                      "(ChestX-ray14, DenseNet121 at 224 as in Fang et al. 2021), 'tiny' (tests).")
+    flags.DEFINE_string("dataset", None, "TFDS data set name, overriding the preset's "
+                        "(synthetic_cxr, ...).")
+    flags.DEFINE_string("data_dir", None, "Where built data sets live (default WORK_DIR/tfds).")
+    flags.DEFINE_string("manual_dir", None, "Folder holding the raw download of a real data set, "
+                        "as unpacked by the user (never needed for synthetic_cxr).")
+    flags.DEFINE_integer("image_size", None, "synthetic_cxr: stored image side in pixels.")
+    flags.DEFINE_integer("num_train", None, "synthetic_cxr: number of training phantoms.")
+    flags.DEFINE_integer("num_validation", None, "synthetic_cxr: number of validation phantoms.")
+    flags.DEFINE_integer("num_test", None, "synthetic_cxr: number of test phantoms.")
+    flags.DEFINE_bool("shortcut", None, "synthetic_cxr: add label-correlated tags outside the "
+                      "lungs and heart in train/validation, random in test.")
+    flags.DEFINE_integer("seed", None, "Seed of data generation, shuffling, augmentation and "
+                         "initialisation.")
+    flags.DEFINE_bool("quiet", False, "Per-epoch log lines only, no progress bars.")
+
+
+def define_training():
+    """Flags shared by the two training binaries."""
+    flags.DEFINE_enum("strategy", "default",
+                      ["default", "one_device", "mirrored", "multi_worker", "tpu"],
+                      "tf.distribute strategy. 'mirrored' uses all local GPUs; 'multi_worker' "
+                      "reads the cluster from TF_CONFIG.")
+    flags.DEFINE_integer("epochs", None, "Training epochs (overrides the preset).")
+    flags.DEFINE_integer("batch_size", None, "Global batch size, over all replicas.")
+    flags.DEFINE_float("learning_rate", None, "Adam learning rate.")
+
+
+def define_classifier():
+    """Classifier architecture flags."""
+    flags.DEFINE_enum("variant", None, ["cxr_irnet", "no_weighting", "no_attention", "chexnet",
+                                        "dcnn"],
+                      "Model: CXR-IRNet, its ablations without feature weighting or without "
+                      "attention, CheXNet (DenseNet121), DCNN (ResNet-50).")
+    flags.DEFINE_string("backbone", None, "Backbone override: densenet121, resnet50, "
+                        "densenet_small, densenet_tiny.")
+    flags.DEFINE_integer("input_size", None, "Classifier input side (a multiple of 32).")
+    flags.DEFINE_integer("resize_size", None, "Resize side before the centre crop to input_size.")
+    flags.DEFINE_string("backbone_weights", None, "Optional local weights file for the backbone "
+                        "(e.g. ImageNet weights for keras.applications DenseNet121). Nothing is "
+                        "ever downloaded.")
+    flags.DEFINE_string("segmenter", None, "Trained segmenter (.keras) for feature weighting "
+                        "(default WORK_DIR/segmenter/best.keras).")
+
+
+def define_segmenter():
+    flags.DEFINE_integer("segmenter_size", None, "Segmenter input side (a multiple of 2**depth).")
+    flags.DEFINE_integer("segmenter_filters", None, "U-Net filters at the first level.")
+
+
+def setup_logging():
+    """Shows cxr_tf's INFO lines; other libraries (TensorFlow, TFDS) log warnings and errors only.
+
+    absl's --verbosity / -v still raises everything back to INFO or DEBUG for debugging.
+    """
+    from absl import logging as absl_logging
+    if not FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("cxr_tf").setLevel(logging.INFO)
+
+
+def data_dir():
+    return FLAGS.data_dir or os.path.join(FLAGS.work_dir, "tfds")
+
+
+def _override(obj, **values):
+    for key, value in values.items():
+        if value is not None:
+            setattr(obj, key, value)
+
+
+def experiment_config(base=None):
+    """`base` (default: the preset named by --config) with every given flag override applied."""
+    config = base or configs.get(FLAGS.config)
+    get = lambda name: FLAGS[name].value if name in FLAGS else None  # noqa: E731
+    _override(config.data, dataset=get("dataset"), image_size=get("image_size"),
+              num_train=get("num_train"), num_validation=get("num_validation"),
+              num_test=get("num_test"), shortcut=get("shortcut"), seed=get("seed"))
+    _override(config, seed=get("seed"))
+    _override(config.segmenter, input_size=get("segmenter_size"),
+              base_filters=get("segmenter_filters"))
+    _override(config.classifier, variant=get("variant"), backbone=get("backbone"),
+              input_size=get("input_size"), resize_size=get("resize_size"))
+    return config
+
+
+def apply_training_overrides(section):
+    """Applies --epochs, --batch_size, --learning_rate to a Segmenter/ClassifierConfig."""
+    _override(section, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+              learning_rate=FLAGS.learning_rate)

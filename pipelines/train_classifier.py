@@ -1,0 +1,43 @@
+"""Trains CXR-IRNet (or an ablation/baseline); best model on validation mean AUROC is
+WORK_DIR/classifier/best.keras (WORK_DIR/classifier_<variant>/ for other variants). The test split is never used for model selection.
+
+Builds the data set first if needed. Re-running the same command resumes an interrupted run.
+  cxr-train-classifier --work_dir=work --config=demo
+  cxr-train-classifier --work_dir=work --config=demo --variant=chexnet
+"""
+
+from absl import app, flags
+
+from pipelines import flags as cxr_flags
+
+cxr_flags.define_common()
+cxr_flags.define_training()
+cxr_flags.define_classifier()
+flags.adopt_module_key_flags(cxr_flags)
+
+
+def main(argv):
+    del argv
+    cxr_flags.setup_logging()
+    from cxr_tf import workflow
+    from cxr_tf.training import strategies, train
+    f = flags.FLAGS
+    config = cxr_flags.experiment_config()
+    cxr_flags.apply_training_overrides(config.classifier)
+    strategy = strategies.make_strategy(f.strategy)
+    builder = workflow.build_data(config, cxr_flags.data_dir(), manual_dir=f.manual_dir)
+    segmenter = f.segmenter or workflow.best_model(
+        workflow.subdir(f.work_dir, workflow.SEGMENTER_DIR))
+    out_dir = workflow.classifier_dir(f.work_dir, config.classifier.variant)
+    path = train.train_classifier(config, builder, out_dir, segmenter_path=segmenter,
+                                  strategy=strategy, backbone_weights=f.backbone_weights,
+                                  verbose=0 if f.quiet else 1)
+    print(f"classifier {path}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,55 @@
+"""cxr_tf: CXR-IRNet (Fang et al. 2021) in Keras 3 / TensorFlow."""
+
+import re
+
+from setuptools import find_packages, setup
+
+with open("cxr_tf/__init__.py") as f:
+    VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+# TensorFlow itself comes from an extra, as with jax[cpu] / jax[cuda]: `cpu` installs the small
+# CPU-only build, `gpu` the full build with its CUDA libraries. The two builds install the same
+# `tensorflow` module and must not be mixed in one environment.
+CORE = [
+    "keras>=3.15,<4",
+    "tensorflow-datasets>=4.9.10",
+    "importlib_resources",  # needed by tensorflow-datasets' builders, not declared by it
+    "numpy>=1.26",
+    "scipy>=1.11",
+    "scikit-learn>=1.4",
+    "opencv-python-headless>=4.8",
+    "absl-py>=2.1",
+    "matplotlib>=3.8",
+    "pydicom>=3.0",
+]
+
+setup(
+    name="cxr_tf",
+    version=VERSION,
+    description="CXR-IRNet chest X-ray classifier (multi-scale attention, DenseNet121, lung and "
+                "heart feature weighting) in Keras 3 / TensorFlow",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["cxr_tf", "cxr_tf.*", "pipelines", "pipelines.*"]),
+    install_requires=CORE,
+    extras_require={
+        "cpu": ["tensorflow-cpu>=2.21,<2.22; platform_machine=='x86_64'",
+                "tensorflow>=2.21,<2.22; platform_machine!='x86_64'"],
+        "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "nbclient>=0.10", "nbformat>=5.10",
+                 "ipykernel>=6"],
+        "notebook": ["jupyterlab", "ipykernel>=6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "cxr-demo=pipelines.demo:run",
+            "cxr-build-dataset=pipelines.build_dataset:run",
+            "cxr-train-segmenter=pipelines.train_segmenter:run",
+            "cxr-train-classifier=pipelines.train_classifier:run",
+            "cxr-evaluate=pipelines.evaluate:run",
+            "cxr-export=pipelines.export:run",
+            "cxr-predict=pipelines.predict:run",
+        ],
+    },
+)
