@@ -94,4 +94,4 @@ def build_backbone(name, input_size, weights=None):
         blocks, growth, stem = SMALL_DENSENETS[name]
         return small_densenet(shape, blocks, growth, stem)
     # Rename so the classifier's layer names do not depend on the keras.applications version.
-    return keras.Model(model.inputs, model.outputs, name="backbone")
+    return keras.Model(model.inputs[0], model.outputs[0], name="backbone")

@@ -5,7 +5,8 @@ from keras import ops
 
 from cxr_tf import labels as labels_lib
 from cxr_tf.models import backbones
-from cxr_tf.models.layers import PACKAGE, FeatureWeighting, GreyToBackboneInput, MultiScaleAttention
+from cxr_tf.models.layers import (PACKAGE, FeatureWeighting, GreyToBackboneInput,
+                                  MultiScaleAttention, Resize)
 from cxr_tf.models.unet import UNetSegmenter
 
 # The paper's model, its two ablations (Table 2) and its two baselines, by name.
@@ -65,6 +66,9 @@ class CXRClassifier(keras.Model):
                  dropout=0.0, label_names=labels_lib.FINDINGS, name="cxr_classifier", **kwargs):
         input_size = int(input_size)
         label_names = tuple(label_names)
+        if backbone not in backbones.BACKBONES:
+            raise ValueError(f"Unknown backbone {backbone!r}; expected one of "
+                             f"{', '.join(backbones.BACKBONES)}")
         if feature_activation not in (None, "sigmoid"):
             raise ValueError(f"feature_activation must be None or 'sigmoid', got "
                              f"{feature_activation!r}")
@@ -92,8 +96,7 @@ class CXRClassifier(keras.Model):
             seg_size = segmenter.input_size
             seg_in = inputs
             if seg_size != input_size:
-                seg_in = keras.layers.Resizing(seg_size, seg_size, interpolation="bilinear",
-                                               antialias=True, name="segmenter_resize")(inputs)
+                seg_in = Resize(seg_size, name="segmenter_resize")(inputs)
             structure_probs = segmenter(seg_in)
             features, _, _ = FeatureWeighting(mask_threshold, min_mask_coverage,
                                               name="feature_weighting")([features, structure_probs])
@@ -141,7 +144,7 @@ class CXRClassifier(keras.Model):
                                            name="no_coverage")(cams)
         outputs[MASK_COVERAGE] = coverage
         outputs[GRID_MASK] = grid_mask
-        return keras.Model(self.inputs, outputs, name=f"{self.name}_explain")
+        return keras.Model(self.input, outputs, name=f"{self.name}_explain")
 
     def get_config(self):
         config = {

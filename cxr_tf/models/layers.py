@@ -63,6 +63,33 @@ class GreyToBackboneInput(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class Resize(keras.layers.Layer):
+    """Bilinear resize of (B, H, W, C) images to a fixed square size, anti-aliased when shrinking.
+
+    Used in front of the inline segmenter. (keras.layers.Resizing is a tf.data preprocessing
+    layer; inside a functional model it makes a call without `training` run the whole model in
+    training mode, so it is not used here.)
+    """
+
+    def __init__(self, size, **kwargs):
+        super().__init__(**kwargs)
+        if int(size) < 1:
+            raise ValueError(f"Resize size must be a positive integer, got {size}")
+        self.size = int(size)
+
+    def call(self, x):
+        return ops.image.resize(x, (self.size, self.size), interpolation="bilinear",
+                                antialias=True)
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        return (input_shape[0], self.size, self.size, input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class MultiScaleAttention(keras.layers.Layer):
     """The multi-scale attention module (MA) of CXR-IRNet (Fang et al. 2021, Fig. 2).
 

@@ -1,0 +1,106 @@
+"""tf.data pipelines and the shared preprocessing."""
+
+import functools
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cxr_tf.data import datasets, pipeline, preprocessing
+from cxr_tf.data import features as fk
+
+
+def _examples(builder, split="train"):
+    return datasets.load_split(builder, split)
+
+
+def test_classification_batches(tiny_builder):
+    parse = functools.partial(pipeline.parse_classification, size=32, resize_size=40)
+    ds = pipeline.make_dataset(_examples(tiny_builder), parse, 8, training=True)
+    x, y = next(iter(ds))
+    assert x.shape == (8, 32, 32, 1) and x.dtype == tf.float32
+    assert y.shape == (8, 14) and y.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(x)) and float(tf.reduce_max(x)) <= 1.0
+    assert int(ds.cardinality()) == 48 // 8  # drop_remainder when training
+
+
+def test_eval_dataset_keeps_order_ids_and_last_partial_batch(tiny_builder):
+    parse = functools.partial(pipeline.parse_classification, size=64)
+    ds = pipeline.make_dataset(_examples(tiny_builder, "test"), parse, 10, training=False,
+                               with_ids=True)
+    ids = [i.decode() for batch in ds for i in batch[2].numpy()]
+    stored = [e[fk.IMAGE_ID].decode() for e in _examples(tiny_builder, "test").as_numpy_iterator()]
+    assert ids == stored and len(ids) == 24
+
+
+def test_same_seed_same_batches_and_epochs_differ(tiny_builder):
+    aug = pipeline.Augmentation(min_crop_fraction=0.8, brightness=0.1, contrast=0.1)
+    parse = functools.partial(pipeline.parse_classification, size=64)
+
+    def first_epochs(seed):
+        ds = pipeline.make_dataset(_examples(tiny_builder), parse, 8, True, aug=aug, seed=seed,
+                                   deterministic=True)
+        return [np.concatenate([x.numpy() for x, _ in ds]) for _ in range(2)]
+
+    a, b = first_epochs(1), first_epochs(1)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], a[1])  # reshuffled and re-augmented every epoch
+
+
+def test_segmentation_augmentation_keeps_image_and_mask_aligned(tiny_builder):
+    aug = pipeline.Augmentation(min_crop_fraction=0.6)
+    parse = functools.partial(pipeline.parse_segmentation, size=64)
+    ds = pipeline.make_dataset(_examples(tiny_builder), parse, 16, True, aug=aug, seed=3)
+    x, m = next(iter(ds))
+    assert m.shape == (16, 64, 64, 3)
+    assert set(np.unique(m.numpy())) <= {0.0, 1.0}
+    x, m = x.numpy()[..., 0], m.numpy()
+    lungs = m[..., 0].astype(bool) | m[..., 1].astype(bool)
+    heart = m[..., 2].astype(bool)
+    for i in range(len(x)):
+        # Phantom lungs are dark and the heart bright: holds only if the crop is shared.
+        assert x[i][lungs[i]].mean() + 0.1 < x[i][heart[i]].mean()
+
+
+def test_no_left_right_flip_by_default():
+    assert pipeline.Augmentation() == pipeline.NO_AUGMENTATION
+    assert not hasattr(pipeline.Augmentation(), "flip")
+
+
+def test_resize_and_crop_matches_paper_geometry():
+    image = tf.reshape(tf.range(256 * 256, dtype=tf.float32), (256, 256, 1))
+    out = preprocessing.resize_and_crop(image, 224, 256)
+    np.testing.assert_array_equal(out.numpy(), image.numpy()[16:240, 16:240])
+    batch = preprocessing.resize_and_crop(tf.zeros((2, 300, 200, 1)), 224, 256)
+    assert batch.shape == (2, 224, 224, 1)
+    with pytest.raises(ValueError, match="must be >= the crop size"):
+        preprocessing.resize_and_crop(image, 224, 200)
+
+
+@pytest.mark.parametrize("encode", ["png8", "png16", "rgb", "rgba", "jpeg"])
+def test_decode_image_bytes_any_format_to_one_channel(encode):
+    grey = np.add.outer(np.arange(48) * 2, np.arange(64) * 2).astype(np.uint8)  # smooth, < 256
+    if encode == "png8":
+        data, expected = cv2.imencode(".png", grey)[1], grey / 255.0
+    elif encode == "png16":
+        g16 = grey.astype(np.uint16) * 257 + 3
+        data, expected = cv2.imencode(".png", g16)[1], g16 / 65535.0
+    elif encode == "rgb":
+        data, expected = cv2.imencode(".png", np.dstack([grey] * 3))[1], grey / 255.0
+    elif encode == "rgba":
+        rgba = np.dstack([grey] * 3 + [np.full_like(grey, 255)])
+        data, expected = cv2.imencode(".png", rgba)[1], grey / 255.0
+    else:
+        data, expected = cv2.imencode(".jpg", grey, [cv2.IMWRITE_JPEG_QUALITY, 100])[1], grey / 255.0
+    out = preprocessing.decode_image_bytes(tf.constant(data.tobytes())).numpy()
+    assert out.shape == (48, 64, 1)
+    np.testing.assert_allclose(out[..., 0], expected, atol=0.02 if encode == "jpeg" else 1e-6)
+
+
+@pytest.mark.parametrize("data, message", [(b"", "empty image bytes"),
+                                           (b"\x89PNG\r\n\x1a\nbroken", "PNG")])
+def test_decode_rejects_bad_bytes(data, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        preprocessing.decode_image_bytes(tf.constant(data))

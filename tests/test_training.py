@@ -1,0 +1,78 @@
+"""The training loop on the tiny configuration: selection on validation, files, resume."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from cxr_tf import configs
+from cxr_tf.models import load_model
+from cxr_tf.training import loop, train
+
+
+def test_segmenter_training_writes_best_model_and_history(tiny_segmenter_path):
+    run_dir = os.path.dirname(tiny_segmenter_path)
+    assert os.path.exists(tiny_segmenter_path)
+    with open(os.path.join(run_dir, loop.HISTORY)) as f:
+        history = json.load(f)
+    assert len(history) == 1 and "val_mean_dice" in history[0] and "val_dice_lungs" in history[0]
+    assert load_model(tiny_segmenter_path).input_size == 32
+
+
+def test_classifier_trains_resumes_and_selects_on_validation(tiny_builder, tiny_segmenter_path,
+                                                              tmp_path):
+    config = configs.tiny()  # a fresh copy: this test changes the epochs
+    config.classifier.epochs = 2
+    run_dir = str(tmp_path / "clf")
+    path = train.train_classifier(config, tiny_builder, run_dir,
+                                  segmenter_path=tiny_segmenter_path, verbose=0)
+    with open(os.path.join(run_dir, loop.HISTORY)) as f:
+        history = json.load(f)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all("val_mean_auroc" in h and "val_auroc_Hernia" in h for h in history)
+    assert not any(k.startswith("test") for h in history for k in h)
+    best_epoch = max(history, key=lambda h: h["val_mean_auroc"])["epoch"]
+    assert [h["epoch"] for h in history if h["best"]][-1] == best_epoch
+    model = load_model(path)
+    assert model.segmenter is not None
+
+    # Re-running with more epochs resumes at epoch 3 instead of starting over.
+    config.classifier.epochs = 3
+    train.train_classifier(config, tiny_builder, run_dir, segmenter_path=tiny_segmenter_path,
+                           verbose=0)
+    with open(os.path.join(run_dir, loop.HISTORY)) as f:
+        assert [h["epoch"] for h in json.load(f)] == [1, 2, 3]
+    # Already done: nothing is trained again.
+    before = os.path.getmtime(os.path.join(run_dir, loop.HISTORY))
+    train.train_classifier(config, tiny_builder, run_dir, segmenter_path=tiny_segmenter_path,
+                           verbose=0)
+    assert os.path.getmtime(os.path.join(run_dir, loop.HISTORY)) == before
+
+
+def test_weighting_variant_without_segmenter_is_refused(tiny_config, tiny_builder, tmp_path):
+    with pytest.raises(ValueError, match="needs a trained segmenter"):
+        train.train_classifier(tiny_config, tiny_builder, str(tmp_path), segmenter_path=None)
+
+
+def test_validate_must_return_the_selection_metric(tmp_path):
+    import tensorflow as tf
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    trainer = loop.Trainer(model, keras.losses.mean_squared_error, keras.optimizers.SGD(0.1),
+                           tf.distribute.get_strategy(), str(tmp_path), "auc")
+    ds = tf.data.Dataset.from_tensor_slices((np.ones((4, 2), "float32"),
+                                             np.ones((4, 1), "float32"))).batch(2)
+    with pytest.raises(KeyError, match="lacks the selection metric 'auc'"):
+        trainer.fit(ds, 1, 2, validate=lambda m: {"loss": 1.0}, verbose=0)
+
+
+def test_non_finite_loss_stops_training_with_a_clear_error(tmp_path):
+    import tensorflow as tf
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    trainer = loop.Trainer(model, keras.losses.mean_squared_error, keras.optimizers.SGD(0.1),
+                           tf.distribute.get_strategy(), str(tmp_path), "auc")
+    ds = tf.data.Dataset.from_tensor_slices((np.full((4, 2), np.nan, "float32"),
+                                             np.ones((4, 1), "float32"))).batch(2)
+    with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
+        trainer.fit(ds, 1, 2, validate=lambda m: {"auc": 1.0}, verbose=0)
