@@ -23,11 +23,14 @@ def define_common():
                       "Preset: 'demo' (phantoms, small DenseNet, minutes on a CPU), 'paper' "
                       "(ChestX-ray14, DenseNet121 at 224 as in Fang et al. 2021), 'tiny' (tests).")
     flags.DEFINE_string("dataset", None, "TFDS data set name, overriding the preset's "
-                        "(synthetic_cxr, ...).")
+                        "(synthetic_cxr, chestxray14, jsrt_scr, montgomery; see "
+                        "docs/real_data.md).")
     flags.DEFINE_string("data_dir", None, "Where built data sets live (default WORK_DIR/tfds).")
     flags.DEFINE_string("manual_dir", None, "Folder holding the raw download of a real data set, "
                         "as unpacked by the user (never needed for synthetic_cxr).")
-    flags.DEFINE_integer("image_size", None, "synthetic_cxr: stored image side in pixels.")
+    flags.DEFINE_integer("image_size", None, "Stored image side in pixels: synthetic_cxr "
+                         "generates at this size; chestxray14, jsrt_scr and montgomery resize "
+                         "to it when building.")
     flags.DEFINE_integer("num_train", None, "synthetic_cxr: number of training phantoms.")
     flags.DEFINE_integer("num_validation", None, "synthetic_cxr: number of validation phantoms.")
     flags.DEFINE_integer("num_test", None, "synthetic_cxr: number of test phantoms.")

@@ -6,7 +6,8 @@ applied to image and mask together, so they stay aligned.
 
 Every dataset yields batches of `(image, target)`:
   - classification: image (B, size, size, 1) float32 in [0, 1]; target (B, 14) float32 multi-hot;
-  - segmentation: image (B, size, size, 1); target (B, size, size, 3) float32 in {0, 1}.
+  - segmentation: image (B, size, size, 1); target (B, size, size, 3) float32 in {0, 1}
+    (parse_lung_segmentation: (B, size, size, 2), left and right lung only).
 `with_ids=True` adds a third element, the image ids, for evaluation.
 """
 
@@ -81,10 +82,14 @@ def parse_classification(example, size, resize_size=None, aug=NO_AUGMENTATION, s
     return image, tf.cast(example[fk.LABELS], tf.float32)
 
 
-def parse_segmentation(example, size, aug=NO_AUGMENTATION, seed=None):
-    """Decoded example -> (image (size, size, 1), masks (size, size, S) float32 in {0, 1})."""
-    image = preprocessing.to_float(example[fk.IMAGE])
-    masks = tf.cast(example[fk.MASKS], tf.float32) / 255.0
+def _require_feature(example, key, parser, hint):
+    if key not in example:
+        raise ValueError(f"{parser}: the examples have no {key!r} feature (they have "
+                         f"{sorted(example)}). {hint}")
+
+
+def _segmentation_pair(image, masks, size, aug, seed):
+    """Shared geometry of the segmentation parsers: one crop and resize for image and masks."""
     n_masks = masks.shape[-1]
     stacked = tf.concat([image, masks], axis=-1)
     if aug.enabled and aug.min_crop_fraction < 1.0:
@@ -96,6 +101,39 @@ def parse_segmentation(example, size, aug=NO_AUGMENTATION, seed=None):
     if aug.enabled:
         image = _photometric(image, aug, seed)
     return image, masks
+
+
+def parse_segmentation(example, size, aug=NO_AUGMENTATION, seed=None):
+    """Decoded example -> (image (size, size, 1), masks (size, size, S) float32 in {0, 1}).
+
+    Needs the `masks` feature (left lung, right lung, heart: synthetic_cxr, jsrt_scr). Lungs-only
+    data sets (montgomery) have none, so that a missing heart outline is never read as "no heart":
+    use parse_lung_segmentation for them.
+    """
+    _require_feature(example, fk.MASKS, "parse_segmentation",
+                     f"Lungs-only data sets (e.g. montgomery) store {fk.LUNG_MASKS!r} without a "
+                     f"heart outline; use parse_lung_segmentation for them.")
+    image = preprocessing.to_float(example[fk.IMAGE])
+    masks = tf.cast(example[fk.MASKS], tf.float32) / 255.0
+    return _segmentation_pair(image, masks, size, aug, seed)
+
+
+def parse_lung_segmentation(example, size, aug=NO_AUGMENTATION, seed=None):
+    """Decoded example -> (image (size, size, 1), lungs (size, size, 2) float32 in {0, 1}).
+
+    Lungs in (left lung, right lung) order from any data set: `lung_masks` (montgomery) or the
+    first two channels of `masks` (jsrt_scr, synthetic_cxr). For scoring a segmenter's lung
+    channels across data sets, or training lungs only.
+    """
+    if fk.LUNG_MASKS in example:
+        masks = example[fk.LUNG_MASKS]
+    else:
+        _require_feature(example, fk.MASKS, "parse_lung_segmentation",
+                         f"Expected {fk.LUNG_MASKS!r} or {fk.MASKS!r}.")
+        masks = example[fk.MASKS][..., :len(fk.LUNG_STRUCTURES)]
+    image = preprocessing.to_float(example[fk.IMAGE])
+    masks = tf.cast(masks, tf.float32) / 255.0
+    return _segmentation_pair(image, masks, size, aug, seed)
 
 
 def make_dataset(examples, parse_fn, batch_size, training, aug=NO_AUGMENTATION, seed=0,
