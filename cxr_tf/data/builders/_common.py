@@ -201,11 +201,23 @@ class Summary:
 
 def finish_split(builder, split):
     """Call at the end of each split's generator: stores builder._summary in the data set's
-    metadata (written with the records) and logs it once every split is done."""
+    metadata (written with the records); once every split is done, logs it and stops the
+    builder's worker processes (builder._pool)."""
     builder._pending.discard(split)
     builder.info.metadata["build_summary"] = builder._summary.as_dict()
     if not builder._pending:
+        builder._pool.close()
         builder._summary.log()
+
+
+def generate(builder, split, fn, jobs, chunksize):
+    """Runs `fn` over `jobs` in builder._pool (one pool for all splits of a build), yielding the
+    results; stops the pool if the build fails (the exception propagates)."""
+    try:
+        yield from builder._pool.map(fn, jobs, chunksize=chunksize)
+    except BaseException:
+        builder._pool.close()
+        raise
 
 
 def drop_empty_splits(builder, splits):

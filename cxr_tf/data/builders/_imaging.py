@@ -296,37 +296,67 @@ def _run_chunk(fn, chunk):
     return [fn(job) for job in chunk]
 
 
-def parallel_map(fn, jobs, workers=None, chunksize=8, max_pending_chunks=None):
-    """Yields fn(job) for every job, computed in `workers` spawn-context processes.
+class Pool:
+    """Spawn-context worker processes, started on first use and reused until close().
 
-    Results come back in completion order (TFDS orders examples by key anyway). At most
-    `max_pending_chunks` chunks are in flight, so memory stays bounded when the consumer is
-    slower than the workers. With one worker, or fewer jobs than one chunk, runs in-process.
-
-    Args:
-      fn: a top-level function (spawned workers import it by module path) of one job.
-      jobs: iterable of picklable jobs.
-      workers: number of processes (default: default_workers()).
-      chunksize: jobs sent to a worker at a time.
-      max_pending_chunks: in-flight chunk limit (default 4 per worker).
+    A builder keeps one for all its splits, so the processes start once per build.
     """
-    jobs = list(jobs)
-    workers = default_workers() if workers is None else int(workers)
-    if workers <= 1 or len(jobs) <= chunksize:
-        for job in jobs:
-            yield fn(job)
-        return
-    chunks = iter([jobs[i:i + chunksize] for i in range(0, len(jobs), chunksize)])
-    limit = max_pending_chunks or 4 * workers
-    # "spawn": the parent has TensorFlow loaded, whose threads make fork unsafe.
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        pending = {pool.submit(_run_chunk, fn, c) for c in itertools.islice(chunks, limit)}
-        while pending:
-            done, pending = concurrent.futures.wait(
-                pending, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                nxt = next(chunks, None)
-                if nxt is not None:
-                    pending.add(pool.submit(_run_chunk, fn, nxt))
-                yield from future.result()
+
+    def __init__(self, workers=None):
+        self.workers = default_workers() if workers is None else max(1, int(workers))
+        self._executor = None
+
+    def map(self, fn, jobs, chunksize=8, max_pending_chunks=None):
+        """Yields fn(job) for every job, computed in the worker processes.
+
+        Results come back in completion order (TFDS orders examples by key anyway). At most
+        `max_pending_chunks` chunks (default 4 per worker) are in flight, so memory stays bounded
+        when the consumer is slower than the workers. With one worker, or fewer jobs than one
+        chunk, runs in this process.
+
+        Args:
+          fn: a top-level function of one job (spawned workers import it by module path).
+          jobs: iterable of picklable jobs.
+          chunksize: jobs sent to a worker at a time.
+          max_pending_chunks: in-flight chunk limit.
+        """
+        jobs = list(jobs)
+        if self.workers <= 1 or len(jobs) <= chunksize:
+            for job in jobs:
+                yield fn(job)
+            return
+        if self._executor is None:
+            # "spawn": the parent has TensorFlow loaded, whose threads make fork unsafe.
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"))
+        chunks = iter([jobs[i:i + chunksize] for i in range(0, len(jobs), chunksize)])
+        limit = max_pending_chunks or 4 * self.workers
+        pending = {self._executor.submit(_run_chunk, fn, c)
+                   for c in itertools.islice(chunks, limit)}
+        try:
+            while pending:
+                done, pending = concurrent.futures.wait(
+                    pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    nxt = next(chunks, None)
+                    if nxt is not None:
+                        pending.add(self._executor.submit(_run_chunk, fn, nxt))
+                    yield from future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self):
+        """Stops the worker processes (a later map() starts new ones)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+def parallel_map(fn, jobs, workers=None, chunksize=8, max_pending_chunks=None):
+    """Pool(workers).map(...) with the processes stopped at the end (see Pool.map)."""
+    pool = Pool(workers)
+    try:
+        yield from pool.map(fn, jobs, chunksize, max_pending_chunks)
+    finally:
+        pool.close()

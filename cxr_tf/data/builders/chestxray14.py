@@ -24,8 +24,9 @@ Splits:
 Every example: the image as one 8-bit grey channel (grey, RGB, RGBA and 16-bit PNGs all
 converted), resized to `image_size` (default 256, for "resize 256, crop 224" training) and stored
 as raw 8-bit pixels (fast to read; `image_format="png"` halves the disk space); 14 multi-hot
-labels in `cxr_tf.labels.FINDINGS` order ("No Finding" = all zeros); image and patient id, view position, age, sex, follow-up number; and the image's boxes scaled to the
-stored size (zero boxes for most images).
+labels in `cxr_tf.labels.FINDINGS` order ("No Finding" = all zeros); image and patient id, view
+position, age, sex, follow-up number; and the image's boxes scaled to the stored size (zero boxes
+for most images).
 
 Rows whose image is not under manual_dir (users often download only some of the 12 archives) and
 images that cannot be decoded are skipped and counted. The summary of what was built and skipped
@@ -428,6 +429,7 @@ class Chestxray14(tfds.core.GeneratorBasedBuilder):
         plan = plan_build(dl_manager.manual_dir, cfg.validation_fraction, cfg.split_seed)
         self._plan, self._summary = plan, plan.summary
         splits = _common.drop_empty_splits(self, plan.splits)
+        self._pool = _imaging.Pool()
         self._pending = set(splits)
         return {split: self._generate_examples(split) for split in splits}
 
@@ -455,7 +457,8 @@ class Chestxray14(tfds.core.GeneratorBasedBuilder):
         fmt = self.builder_config.image_format
         jobs = [(name, plan.paths[name], size, fmt) for name in plan.splits[split]]
         built = 0
-        for name, png, message in _imaging.parallel_map(_imaging.chestxray14_job, jobs):
+        results = _common.generate(self, split, _imaging.chestxray14_job, jobs, 8)
+        for name, png, message in results:
             row = plan.rows[name]
             if png is None:
                 if split == "bbox":

@@ -214,7 +214,7 @@ class JsrtScr(tfds.core.GeneratorBasedBuilder):
                 elif any(c in have for c in CLAVICLES):
                     summary.count_note("clavicles_incomplete")
                 cases[name] = (images[name], tuple(have[r] for r in required), clav)
-        fold1 = [n for n in sorted(masks) if folds[n][0] == 1]
+        fold1 = [n for n in sorted(cases) if folds[n][0] == 1]
         val = _common.hash_pick(fold1, cfg.validation_fraction, cfg.split_seed)
         splits = {s: [] for s in SPLITS}
         for name in sorted(cases):
@@ -229,6 +229,7 @@ class JsrtScr(tfds.core.GeneratorBasedBuilder):
                                         f"by sha256('{cfg.split_seed}:<name>')")
         self._summary, self._cases, self._folds = summary, cases, folds
         splits = _common.drop_empty_splits(self, splits)
+        self._pool = _imaging.Pool()
         self._pending = set(splits)
         return {split: self._generate_examples(split, names) for split, names in splits.items()}
 
@@ -236,7 +237,7 @@ class JsrtScr(tfds.core.GeneratorBasedBuilder):
         size = self.builder_config.image_size
         built = 0
         jobs = [(n, *self._cases[n], size) for n in names]
-        for name, result, message in _imaging.parallel_map(_imaging.jsrt_job, jobs, chunksize=4):
+        for name, result, message in _common.generate(self, split, _imaging.jsrt_job, jobs, 4):
             if result is None:
                 self._summary.skip("image_unreadable", warn=True, example=message)
                 continue

@@ -211,6 +211,7 @@ class Montgomery(tfds.core.GeneratorBasedBuilder):
         self._summary, self._cases, self._readings = summary, cases, readings
         splits = {split: [s for s in sorted(cases) if split_of[s] == split] for split in SPLITS}
         splits = _common.drop_empty_splits(self, splits)
+        self._pool = _imaging.Pool()
         self._pending = set(splits)
         return {split: self._generate_examples(split, names) for split, names in splits.items()}
 
@@ -218,7 +219,7 @@ class Montgomery(tfds.core.GeneratorBasedBuilder):
         size = self.builder_config.image_size
         built = 0
         jobs = [(s, *self._cases[s], size) for s in stems]
-        for stem, result, message in _imaging.parallel_map(_imaging.lungs_job, jobs, chunksize=2):
+        for stem, result, message in _common.generate(self, split, _imaging.lungs_job, jobs, 2):
             if result is None:
                 self._summary.skip("image_unreadable", warn=True, example=message)
                 continue
