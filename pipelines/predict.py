@@ -1,14 +1,23 @@
 """Classifies PNG, JPEG and DICOM files with an exported SavedModel; one JSON line per image.
 
   cxr-predict --model=work/export image1.png scans/ study.dcm > predictions.jsonl
+  cxr-predict --model=work/export --output=out.jsonl --overlay_dir=heatmaps scans/
 
-Each line holds the 14 probabilities, the positive findings (at the exported thresholds), the
-lung-and-heart mask coverage and a warning when it is low (probably not a frontal chest X-ray).
-Unreadable files are reported on stderr and skipped; the exit status is 1 if any file failed,
-2 on a usage error.
+Each line holds the file, its format, the 14 probabilities, the positive findings (at the
+exported thresholds, chosen on validation), the lung-and-heart mask coverage and a `warning`
+when the coverage is low (probably not a frontal chest X-ray). With --overlay_dir, a PNG per
+image shows the class activation maps of the top findings on the image; its path is in the line
+as `overlay`.
+
+Folders are searched recursively for .png, .jpg, .jpeg, .dcm, .dicom files and for DICOM files
+without a suffix. DICOM: modality LUT / rescale, VOI LUT or window applied, MONOCHROME1 inverted.
+Unreadable files are reported on stderr and skipped; the exit status is 1 if any file failed
+(or none was found), 2 on a usage error. --output is written only when the run completes
+(never a partial file); overlays are written whole or not at all.
 """
 
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -17,34 +26,89 @@ import pipelines  # noqa: F401  (TensorFlow environment defaults)
 
 flags.DEFINE_string("model", None, "Export directory: a version directory or the base "
                     "directory (highest version used).", required=True)
-flags.DEFINE_string("output", None, "Write JSON lines here instead of stdout.")
+flags.DEFINE_string("output", None, "Write the JSON lines to this file instead of stdout.")
+flags.DEFINE_string("overlay_dir", None, "Write a heat-map overlay PNG per image here.")
+flags.DEFINE_integer("overlay_top_k", 3, "Findings (highest probabilities) shown per overlay.",
+                     lower_bound=1)
+flags.DEFINE_string("colormap", "jet", "Matplotlib colour map of the overlays.")
+flags.DEFINE_integer("batch_size", 16, "Images per call of the model.", lower_bound=1)
+flags.DEFINE_float("warn_coverage", None, "Warn when the lung-and-heart mask covers less than "
+                   "this share of the image (default: the model's own minimum, below which "
+                   "the features are not weighted).", lower_bound=0.0, upper_bound=1.0)
+
+
+def _overlay_name(path, used):
+    stem = os.path.splitext(os.path.basename(path))[0] or "image"
+    name, n = f"{stem}.png", 1
+    while name in used:
+        n += 1
+        name = f"{stem}_{n}.png"
+    used.add(name)
+    return name
 
 
 def main(argv):
     inputs = argv[1:]
     if not inputs:
-        raise app.UsageError("Give image files or folders to classify")
+        raise app.UsageError("Give image files or folders to classify", exitcode=2)
+    f = flags.FLAGS
+    from cxr_tf.serving import overlay as overlay_lib
     from cxr_tf.serving import predict
+
+    if f.overlay_dir:
+        from matplotlib import colormaps
+        if f.colormap not in colormaps:
+            raise app.UsageError(f"--colormap={f.colormap} is not a matplotlib colour map "
+                                 f"(e.g. jet, inferno, viridis)", exitcode=2)
+    if f.output and not os.path.isdir(os.path.dirname(os.path.abspath(f.output))):
+        raise app.UsageError(f"--output={f.output}: its folder does not exist", exitcode=2)
     paths, skipped = predict.find_images(inputs)
     for path in skipped:
-        print(f"skipped {path}: not a .png, .jpg, .jpeg, .dcm or .dicom file", file=sys.stderr)
-    predictor = predict.Predictor(flags.FLAGS.model)
-    out = open(flags.FLAGS.output, "w") if flags.FLAGS.output else sys.stdout
-    failed = 0
+        print(f"skipped {path}: not a .png, .jpg, .jpeg, .dcm or .dicom file (nor DICOM "
+              f"without a suffix)", file=sys.stderr)
+    if not paths:
+        print(f"error no PNG, JPEG or DICOM files found in {', '.join(inputs)}", file=sys.stderr)
+        return 1
     try:
-        for path in paths:
+        predictor = predict.Predictor(f.model, warn_coverage=f.warn_coverage)
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(f"--model: {e}", exitcode=2)
+    if f.overlay_dir:
+        os.makedirs(f.overlay_dir, exist_ok=True)
+    meta = predictor.meta
+
+    lines, failed, predicted, used_names = [], 0, 0, set()
+    for path, result in predictor.predict_files(paths, batch_size=f.batch_size,
+                                                raw=bool(f.overlay_dir)):
+        if isinstance(result, Exception):
+            failed += 1
+            print(f"error {result}", file=sys.stderr)
+            continue
+        if f.overlay_dir:
+            summary, outputs, image = result
+            target = os.path.join(f.overlay_dir, _overlay_name(path, used_names))
             try:
-                result = predictor.predict_file(path)
-            except (ValueError, OSError) as e:
+                png = overlay_lib.render_overlay(
+                    image, outputs["class_activation_maps"], outputs["probabilities"],
+                    meta["label_names"], summary["positive_findings"], meta["input_size"],
+                    meta["resize_size"], top_k=f.overlay_top_k, colormap=f.colormap,
+                    title=os.path.basename(path))
+                predict.atomic_write(target, lambda fh, data=png: fh.write(data))
+                summary["overlay"] = target
+            except (OSError, ValueError) as e:
                 failed += 1
-                print(f"error {e}", file=sys.stderr)
-                continue
-            out.write(json.dumps(result) + "\n")
-            out.flush()
-    finally:
-        if out is not sys.stdout:
-            out.close()
-    print(f"{len(paths) - failed} predicted, {failed} failed, {len(skipped)} skipped",
+                print(f"error {path}: overlay not written to {target} ({e})", file=sys.stderr)
+            result = summary
+        predicted += 1
+        line = json.dumps(result)
+        if f.output:
+            lines.append(line)
+        else:
+            print(line, flush=True)
+    if f.output:
+        predict.atomic_write(f.output, lambda fh: fh.write("".join(x + "\n" for x in lines)),
+                             mode="w")
+    print(f"{predicted} predicted, {failed} failed, {len(skipped)} skipped",
           file=sys.stderr)
     return 1 if failed else 0
 

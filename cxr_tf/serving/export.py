@@ -9,8 +9,10 @@ Signatures (names below are constants of this module):
     cropping run inside the graph with the same code as evaluation (cxr_tf.data.preprocessing).
   - `predict_pixels`: input `images`, [batch, height, width, 1] float32 in [0, 1], for clients
     that decode themselves; resized and cropped in the graph the same way.
-  - `metadata`: no input; returns the label names, thresholds, input size, resize size, model
-    name and version.
+  - `metadata`: input `ignored` (an int32 scalar, any value: TF Serving's REST API refuses
+    signatures without inputs); returns the label names, thresholds, input size, resize size,
+    minimum mask coverage, model name, model version, cxr_tf version and all of it as
+    `metadata_json`. REST: `{"signature_name": "metadata", "inputs": {"ignored": 0}}`.
 Outputs of both prediction signatures:
   - `probabilities` [batch, 14] float32, in the order of `label_names`;
   - `decisions` [batch, 14] int32, 1 where probability >= the class threshold (chosen on the
@@ -19,9 +21,16 @@ Outputs of both prediction signatures:
   - `low_mask_coverage` [batch] int32, 1 when coverage is below the model's minimum (the image
     was not weighted: probably not a frontal chest X-ray);
   - `class_activation_maps` [batch, h, w, 14] float32, per-cell logits on the feature grid.
+
+Bad input is refused with an InvalidArgument error (HTTP 400 in TF Serving) whose message names
+the problem: `image_bytes[i] is not a PNG or JPEG image ...` for bytes that do not start with a
+PNG or JPEG signature (the index is the first bad element of the batch), the decoder's message
+for truncated or corrupt files, `images must be grey pixels in [0, 1] ...` for out-of-range
+pixels. See docs/serving.md for the TF Serving command line and REST examples.
 """
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import cxr_tf
 from cxr_tf import labels as labels_lib
 from cxr_tf.data import preprocessing
 from cxr_tf.models import classifier as classifier_lib
@@ -41,7 +51,58 @@ IMAGE_BYTES = "image_bytes"
 IMAGES = "images"
 DECISIONS = "decisions"
 LOW_MASK_COVERAGE = "low_mask_coverage"
+METADATA_INPUT = "ignored"
+METADATA_JSON = "metadata_json"
 METADATA_FILE = os.path.join("assets.extra", "cxr_tf_metadata.json")
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+log = logging.getLogger("cxr_tf")
+
+
+def check_encoded_images(image_bytes, name=IMAGE_BYTES):
+    """In-graph check that every element of a [batch] string tensor is PNG or JPEG data.
+
+    Returns `image_bytes` with a dependency on the check, so nothing decodes before it.
+
+    Raises (when run):
+      tf.errors.InvalidArgumentError: "image_bytes[i] is not a PNG or JPEG image: N bytes
+        starting with ..." for the first bad element, with a hint for the usual mistakes
+        (base64 text sent as bytes, DICOM files).
+    """
+    ok = tf.logical_or(tf.strings.substr(image_bytes, 0, len(PNG_SIGNATURE)) == PNG_SIGNATURE,
+                       tf.strings.substr(image_bytes, 0, len(JPEG_SIGNATURE)) == JPEG_SIGNATURE)
+    first = tf.concat([tf.where(tf.logical_not(ok))[:, 0], [0]], axis=0)[0]
+    sample = tf.gather(tf.concat([image_bytes, [b""]], axis=0), first)  # safe on empty batches
+    message = tf.strings.format(
+        name + "[{}] is not a PNG or JPEG image: {} bytes starting with {}. Send the raw bytes "
+        "of the encoded file (in a TF Serving REST request as a b64 object holding the base64 "
+        "of the file; text starting with iVBOR or /9j/ is base64 encoded twice). DICOM and "
+        "other formats are not accepted here: decode them and use the predict_pixels "
+        "signature.",
+        [first, tf.strings.length(sample), tf.strings.substr(sample, 0, 12)])
+    check = tf.debugging.Assert(tf.reduce_all(ok), [message], name="check_image_bytes")
+    with tf.control_dependencies([check]):
+        return tf.identity(image_bytes)
+
+
+def check_pixels(images, name=IMAGES):
+    """In-graph check that decoded pixels are finite, non-empty and within [0, 1]."""
+    shape = tf.shape(images)
+    lo, hi = tf.reduce_min(images), tf.reduce_max(images)
+    checks = [
+        tf.debugging.Assert(
+            tf.logical_and(shape[1] > 0, shape[2] > 0),
+            [tf.strings.format(name + " must have height and width > 0, got shape {}", shape)]),
+        tf.debugging.Assert(
+            tf.logical_or(tf.equal(tf.size(images), 0),
+                          tf.logical_and(lo >= 0.0, hi <= 1.0)),
+            [tf.strings.format(name + " must be float32 grey pixels in [0, 1] (lungs dark), got "
+                               "values from {} to {}", [lo, hi])]),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(images)
 
 
 def next_version(export_dir):
@@ -105,17 +166,14 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
         }
 
     def serve_bytes(image_bytes):
+        image_bytes = check_encoded_images(image_bytes)
         images = tf.map_fn(
             lambda b: preprocessing.model_input_from_bytes(b, size, resize_size), image_bytes,
             fn_output_signature=tf.TensorSpec([size, size, 1], tf.float32))
         return outputs(images)
 
     def serve_pixels(images):
-        tf.debugging.assert_greater_equal(tf.reduce_min(images), 0.0,
-                                          message="images must lie in [0, 1]")
-        tf.debugging.assert_less_equal(tf.reduce_max(images), 1.0,
-                                       message="images must lie in [0, 1]")
-        return outputs(preprocessing.resize_and_crop(images, size, resize_size))
+        return outputs(preprocessing.resize_and_crop(check_pixels(images), size, resize_size))
 
     meta = {
         "label_names": list(model.label_names),
@@ -128,17 +186,23 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
         "feature_weighting": model.feature_weighting,
         "min_mask_coverage": min_coverage,
         "version": version,
+        "cxr_tf_version": cxr_tf.__version__,
         "input_contract": "encoded PNG/JPEG bytes, or float32 [0, 1] grey pixels (lungs dark)",
     }
+    meta_json = json.dumps(meta, sort_keys=True)
 
-    def metadata():
+    def metadata(ignored):
+        del ignored  # TF Serving's REST API needs an input; the value does not matter
         return {
             "label_names": tf.constant(meta["label_names"]),
             "thresholds": thresholds_t,
             "input_size": tf.constant(size, tf.int32),
             "resize_size": tf.constant(resize_size, tf.int32),
+            "min_mask_coverage": tf.constant(min_coverage, tf.float32),
             "model_name": tf.constant(model.name),
             "version": tf.constant(version, tf.int64),
+            "cxr_tf_version": tf.constant(cxr_tf.__version__),
+            METADATA_JSON: tf.constant(meta_json),
         }
 
     archive = keras.export.ExportArchive()
@@ -148,7 +212,8 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
     archive.add_endpoint(PREDICT_PIXELS, serve_pixels,
                          input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32,
                                                         name=IMAGES)])
-    archive.add_endpoint(METADATA, metadata, input_signature=[])
+    archive.add_endpoint(METADATA, metadata,
+                         input_signature=[tf.TensorSpec([], tf.int32, name=METADATA_INPUT)])
 
     os.makedirs(export_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
@@ -164,19 +229,38 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
     return final
 
 
+def read_metadata(loaded):
+    """The metadata dict stored in a loaded export's `metadata` signature."""
+    raw = loaded.signatures[METADATA](**{METADATA_INPUT: tf.constant(0)})
+    return json.loads(raw[METADATA_JSON].numpy().decode())
+
+
 def load_exported(path):
     """Loads an exported version directory; returns (loaded SavedModel, metadata dict).
 
-    This is the loader TF Serving itself uses (`tf.saved_model.load`).
+    This is the loader TF Serving itself uses (`tf.saved_model.load`). The metadata comes from
+    the graph's `metadata` signature; the copy in assets.extra must agree with it.
+
+    Raises:
+      ValueError: naming the export, when its labels are not this version's label list or the
+        two metadata copies disagree.
     """
     loaded = tf.saved_model.load(path)
+    if METADATA not in loaded.signatures:
+        raise ValueError(f"{path} has no {METADATA!r} signature: not a cxr_tf export (its "
+                         f"signatures: {', '.join(loaded.signatures)})")
+    meta = read_metadata(loaded)
+    labels_lib.check_label_names(meta["label_names"], what=f"export {path}")
     meta_path = os.path.join(path, METADATA_FILE)
     if os.path.exists(meta_path):
         with open(meta_path) as f:
-            meta = json.load(f)
-    else:
-        raw = loaded.signatures[METADATA]()
-        meta = {k: v.numpy().tolist() for k, v in raw.items()}
-        meta["label_names"] = [s.decode() for s in meta["label_names"]]
-    labels_lib.check_label_names(meta["label_names"], what=f"export {path}")
+            side = json.load(f)
+        for key, value in meta.items():
+            if side.get(key) != value:
+                raise ValueError(f"{meta_path}: {key} is {side.get(key)!r} but the SavedModel "
+                                 f"says {value!r}; the files of {path} do not belong together")
+    base = os.path.basename(os.path.normpath(path))
+    if base.isdigit() and int(base) != meta["version"]:
+        log.warning("%s holds model version %d (the directory was renamed or copied)", path,
+                    meta["version"])
     return loaded, meta

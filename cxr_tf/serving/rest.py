@@ -1,0 +1,481 @@
+"""TF Serving's REST predict API, offline: request JSON -> signature call -> response JSON.
+
+TF Serving cannot be installed here (no binary package, no Docker daemon), so this module
+reproduces what its REST front end does with a `:predict` request, to test requests and
+exported models without it:
+
+  - the body is a JSON object with an optional `signature_name` (default `serving_default`) and
+    exactly one of `instances` (row format) or `inputs` (columnar format);
+  - row format: `instances` is a non-empty list; each element is an object with one key per
+    named input of the signature, or, for a single-input signature, the input's value itself
+    (e.g. `{"b64": ...}`); the elements are stacked on a new batch axis;
+  - columnar format: `inputs` is an object with one key per named input (keys that are not
+    inputs are ignored, as TF Serving does), or, for a single-input signature, the value itself;
+    the values are taken as whole tensors (the batch axis is in the value);
+  - a value is a (nested) list or scalar; lists must be rectangular; a string input takes JSON
+    strings or `{"b64": "<base64>"}` objects, decoded to bytes;
+  - the response is `{"predictions": [...]}` (row format: one entry per instance, an object of
+    named outputs, or the bare value when the signature has one output) or `{"outputs": ...}`
+    (columnar: an object of named outputs, or the bare value); string outputs whose name ends
+    in `_bytes` come back as `{"b64": ...}`;
+  - errors are `{"error": "<message>"}` with the HTTP status TF Serving maps the error code to
+    (InvalidArgument -> 400, NotFound -> 404, ...).
+
+This follows tensorflow_serving/util/json_tensor.cc and model_servers/http_rest_api_handler.cc
+(request parsing, batching and response layout), and the REST API guide
+(tensorflow.org/tfx/serving/api_rest). It calls the signature through `tf.saved_model.load`,
+the same SavedModel loader TF Serving uses. Error messages are TF Serving's where it has one.
+
+`serve()` wraps this in a small HTTP server with TF Serving's URLs (`POST
+/v1/models/<name>[/versions/<n>]:predict`, `GET /v1/models/<name>`) for trying curl commands
+and client code locally; it is a test double, not a production server.
+
+Example:
+  loaded = tf.saved_model.load("work/export/1")
+  status, response = rest.predict(loaded, '{"instances": [{"b64": "iVBORw0..."}]}')
+"""
+
+import base64
+import binascii
+import http.server
+import json
+import logging
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+log = logging.getLogger("cxr_tf")
+
+DEFAULT_SIGNATURE = "serving_default"
+BASE64_KEY = "b64"
+BYTES_SUFFIX = "_bytes"
+ROW, COLUMNAR = "row", "columnar"
+
+# TF Serving's mapping of error codes to HTTP statuses (model_servers/http_server.cc).
+HTTP_STATUS = {
+    "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400, "ABORTED": 409,
+    "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503,
+    "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
+}
+_INT_RANGES = {
+    tf.int8: (-2**7, 2**7 - 1), tf.uint8: (0, 2**8 - 1), tf.int16: (-2**15, 2**15 - 1),
+    tf.int32: (-2**31, 2**31 - 1), tf.int64: (-2**63, 2**63 - 1), tf.uint32: (0, 2**32 - 1),
+    tf.uint64: (0, 2**64 - 1),
+}
+
+
+class RestError(Exception):
+    """A request TF Serving would refuse: `code` is the error code name, `status` the HTTP one."""
+
+    def __init__(self, message, code="INVALID_ARGUMENT"):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status = HTTP_STATUS.get(code, 500)
+
+
+def _json_str(value):
+    return json.dumps(value, separators=(",", ":"))[:200]
+
+
+def _is_b64(value):
+    return (isinstance(value, dict) and len(value) == 1 and BASE64_KEY in value
+            and isinstance(value[BASE64_KEY], str))
+
+
+def _decode_b64(value):
+    if not _is_b64(value):
+        raise RestError(f"JSON Value: {_json_str(value)} not formatted correctly for base64 data")
+    text = value[BASE64_KEY]
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise RestError("Unable to base64 decode") from None
+
+
+def _type_error(value, dtype):
+    kind = {dict: "Object", list: "Array", str: "String", bool: "Bool", type(None): "Null"}
+    name = kind.get(type(value), "Number")
+    return RestError(f"JSON Value: {_json_str(value)} Type: {name} is not of expected type: "
+                     f"{dtype.name}")
+
+
+def _scalar(value, dtype):
+    """One JSON leaf as a Python value of the signature input's dtype."""
+    if isinstance(value, dict):
+        if dtype == tf.string:
+            return _decode_b64(value)
+        raise _type_error(value, dtype)
+    if dtype == tf.string:
+        if not isinstance(value, str):
+            raise _type_error(value, dtype)
+        return value.encode("utf-8")
+    if dtype == tf.bool:
+        if not isinstance(value, bool):
+            raise _type_error(value, dtype)
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _type_error(value, dtype)
+    if dtype.is_floating:
+        if isinstance(value, int) and abs(value) > 2 ** np.finfo(dtype.as_numpy_dtype).nmant + 1:
+            raise RestError(f"Cannot convert JSON value: {value} to {dtype.name} without loss "
+                            f"of precision.")
+        return float(value)
+    if dtype.is_integer:
+        lo, hi = _INT_RANGES.get(dtype, (-2**63, 2**63 - 1))
+        if not isinstance(value, int) or not lo <= value <= hi:
+            raise _type_error(value, dtype)
+        return value
+    raise RestError(f"Conversion of JSON Value: {_json_str(value)} to type: {dtype.name}",
+                    code="UNIMPLEMENTED")
+
+
+def _shape(value):
+    """Dense shape of a JSON value, read from the first element at every level."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _fill(value, shape, level, dtype, out):
+    if not isinstance(value, list):
+        if level != len(shape):
+            raise RestError(f"JSON Value: {_json_str(value)} found at incorrect level: "
+                            f"{level + 1} in the JSON DOM. Expected at level: {len(shape)}")
+        out.append(_scalar(value, dtype))
+        return
+    if level >= len(shape):
+        raise RestError(f"Encountered list at unexpected level: {level} expected < "
+                        f"{len(shape)}")
+    if len(value) != shape[level]:
+        raise RestError(f"Encountered list at unexpected size: {len(value)} at level: {level} "
+                        f"expected size: {shape[level]}")
+    for item in value:
+        _fill(item, shape, level + 1, dtype, out)
+
+
+def json_to_array(value, dtype):
+    """A JSON (nested list / scalar / b64 object) value as a NumPy array of `dtype`."""
+    dtype = tf.as_dtype(dtype)
+    shape = _shape(value)
+    flat = []
+    _fill(value, shape, 0, dtype, flat)
+    np_dtype = object if dtype == tf.string else dtype.as_numpy_dtype
+    return np.array(flat, dtype=np_dtype).reshape(shape)
+
+
+def _signature_inputs(fn):
+    """{input name: TensorSpec} of a loaded signature."""
+    return dict(fn.structured_input_signature[1])
+
+
+def parse_request(body, signatures):
+    """Parses a :predict body the way TF Serving does.
+
+    Args:
+      body: the request body (str or bytes) or an already parsed dict.
+      signatures: the loaded SavedModel's `signatures` mapping.
+
+    Returns:
+      (signature name, {input name: np.ndarray}, ROW or COLUMNAR).
+    Raises:
+      RestError: with TF Serving's message for a request it would refuse.
+    """
+    if isinstance(body, (bytes, bytearray)):
+        body = body.decode("utf-8", errors="replace")
+    if isinstance(body, str):
+        if not body.strip():
+            raise RestError("JSON Parse error: The document is empty")
+        try:
+            body = json.loads(body)
+        except json.JSONDecodeError as e:
+            raise RestError(f"JSON Parse error: {e.msg} at offset: {e.pos}") from None
+    if not isinstance(body, dict):
+        raise RestError(f"JSON Value: {_json_str(body)} Is not object")
+    name = body.get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(name, str):
+        raise RestError(f"JSON Value: {_json_str(body)} not formatted correctly. "
+                        f"'signature_name' key must be a string value.")
+    name = name or DEFAULT_SIGNATURE
+    if name not in signatures:
+        raise RestError(f'Serving signature name: "{name}" not found in signature def')
+    specs = _signature_inputs(signatures[name])
+    if not specs:
+        raise RestError(f"Failed to get input map for signature: {name}")
+    if "instances" in body and "inputs" in body:
+        raise RestError(f"JSON Value: {_json_str(body)} Not formatted correctly expecting only "
+                        f"one of 'inputs' or 'instances' keys to exist ")
+    if "instances" in body:
+        return name, _from_instances(body["instances"], specs), ROW
+    if "inputs" in body:
+        return name, _from_inputs(body["inputs"], specs), COLUMNAR
+    raise RestError("Missing 'inputs' or 'instances' key")
+
+
+def _from_instances(instances, specs):
+    if not isinstance(instances, list):
+        raise RestError("Excepting 'instances' to be an list/array")
+    if not instances:
+        raise RestError("No values in 'instances' array")
+    input_names = sorted(specs)
+
+    def is_object(v):
+        return isinstance(v, dict) and not _is_b64(v)
+
+    if not isinstance(instances[0], dict) and len(specs) > 1:
+        raise RestError("instances is a plain list, but expecting list of objects as multiple "
+                        "input tensors required as per tensorinfo_map")
+    objects = is_object(instances[0])
+    rows = {n: [] for n in input_names}
+    shapes = {}
+    for i, item in enumerate(instances):
+        if objects:
+            if not is_object(item):
+                raise RestError(f"Expecting object but got list at item {i} of input list")
+            pairs = list(item.items())
+        else:
+            if is_object(item):
+                raise RestError(f"Expecting value/list but got object at item {i} of input list")
+            pairs = [(input_names[0], item)]
+        for key, value in pairs:
+            where = f"Failed to process element: {i}" + (f" key: {key}" if objects else "")
+            if key not in specs:
+                raise RestError(f"{where} of 'instances' list. Error: INVALID_ARGUMENT: JSON "
+                                f"object: does not have named input: {key}")
+            try:
+                array = json_to_array(value, specs[key].dtype)
+            except RestError as e:
+                raise RestError(f"{where} of 'instances' list. Error: {e.code}: {e.message}",
+                                e.code) from None
+            if key in shapes and shapes[key] != array.shape:
+                raise RestError(f"{where} of 'instances' list. Error: INVALID_ARGUMENT: "
+                                f"Expecting shape {list(shapes[key])} but got: "
+                                f"{list(array.shape)}")
+            shapes[key] = array.shape
+            rows[key].append(array)
+        if objects and sorted(item) != input_names:
+            raise RestError(f"Failed to process element: {i} of 'instances' list. JSON object: "
+                            f"{_json_str(item)} keys must be equal to: {','.join(input_names)}")
+    return {n: np.stack(v) for n, v in rows.items()}
+
+
+def _from_inputs(inputs, specs):
+    if not isinstance(inputs, dict) or _is_b64(inputs):
+        if len(specs) > 1:
+            raise RestError("inputs is a plain value/list, but expecting an object as multiple "
+                            "input tensors required as per tensorinfo_map")
+        (name, spec), = specs.items()
+        return {name: json_to_array(inputs, spec.dtype)}
+    extra = sorted(set(inputs) - set(specs))
+    if extra:
+        log.warning("TF Serving ignores keys of 'inputs' that are not inputs of the signature: "
+                    "%s", ", ".join(extra))
+    out = {}
+    for name in sorted(specs):
+        if name not in inputs:
+            raise RestError(f"Missing named input: {name} in 'inputs' object.")
+        out[name] = json_to_array(inputs[name], specs[name].dtype)
+    return out
+
+
+def _check_shapes(inputs, specs, signature):
+    for name, array in inputs.items():
+        spec = specs[name]
+        if not spec.shape.is_compatible_with(array.shape):
+            raise RestError(f"Input {name!r} of signature {signature!r} has shape "
+                            f"{list(array.shape)}, expected {spec.shape.as_list()} (None: any "
+                            f"size)")
+
+
+def _json_value(name, array):
+    """A NumPy output as JSON-ready nested lists (floats written as their shortest text that
+    reads back to the same float32, as TF Serving does)."""
+    array = np.asarray(array)
+    if array.dtype == object or array.dtype.kind in "SU":
+        as_bytes = name.endswith(BYTES_SUFFIX)
+
+        def conv(v):
+            v = v if isinstance(v, bytes) else str(v).encode()
+            if as_bytes:
+                return {BASE64_KEY: base64.b64encode(v).decode("ascii")}
+            return v.decode("utf-8", errors="replace")
+    elif array.dtype.kind == "f":
+        array, conv = array.astype(str), float
+    else:
+        return array.tolist()
+    return np.vectorize(conv, otypes=[object])(array).tolist()
+
+
+def make_response(outputs, request_format):
+    """{output name: np.ndarray} -> TF Serving's response dict for the request format."""
+    if not outputs:
+        raise RestError("Cannot convert empty tensor map to JSON")
+    names = sorted(outputs)
+    if request_format == COLUMNAR:
+        values = {n: _json_value(n, outputs[n]) for n in names}
+        return {"outputs": values if len(names) > 1 else values[names[0]]}
+    batch = None
+    for n in names:
+        if outputs[n].ndim == 0:
+            raise RestError(f"Tensor name: {n} has no shape information ")
+        if batch is not None and outputs[n].shape[0] != batch:
+            raise RestError(f"Tensor name: {n} has inconsistent batch size: "
+                            f"{outputs[n].shape[0]} expecting: {batch}")
+        batch = outputs[n].shape[0]
+    rows = []
+    for i in range(batch):
+        row = {n: _json_value(n, outputs[n][i]) for n in names}
+        rows.append(row if len(names) > 1 else row[names[0]])
+    return {"predictions": rows}
+
+
+def predict(loaded, body):
+    """Answers a :predict request body as TF Serving would.
+
+    Args:
+      loaded: a SavedModel from `tf.saved_model.load`.
+      body: the request JSON (str, bytes or parsed dict).
+
+    Returns:
+      (HTTP status, response dict): 200 and `{"predictions": ...}` / `{"outputs": ...}`, or an
+      error status and `{"error": "<message>"}`.
+    """
+    try:
+        name, inputs, request_format = parse_request(body, loaded.signatures)
+        fn = loaded.signatures[name]
+        specs = _signature_inputs(fn)
+        _check_shapes(inputs, specs, name)
+        try:
+            out = fn(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
+        except tf.errors.OpError as e:
+            raise RestError(op_error_message(e), _error_code_name(e)) from None
+        return 200, make_response({k: np.asarray(v.numpy()) for k, v in out.items()},
+                                    request_format)
+    except RestError as e:
+        return e.status, {"error": e.message}
+
+
+_OPERROR_CODES = {
+    "CANCELLED": tf.errors.CancelledError, "UNKNOWN": tf.errors.UnknownError,
+    "INVALID_ARGUMENT": tf.errors.InvalidArgumentError,
+    "DEADLINE_EXCEEDED": tf.errors.DeadlineExceededError, "NOT_FOUND": tf.errors.NotFoundError,
+    "ALREADY_EXISTS": tf.errors.AlreadyExistsError,
+    "PERMISSION_DENIED": tf.errors.PermissionDeniedError,
+    "RESOURCE_EXHAUSTED": tf.errors.ResourceExhaustedError,
+    "FAILED_PRECONDITION": tf.errors.FailedPreconditionError,
+    "ABORTED": tf.errors.AbortedError, "OUT_OF_RANGE": tf.errors.OutOfRangeError,
+    "UNIMPLEMENTED": tf.errors.UnimplementedError, "INTERNAL": tf.errors.InternalError,
+    "UNAVAILABLE": tf.errors.UnavailableError, "DATA_LOSS": tf.errors.DataLossError,
+    "UNAUTHENTICATED": tf.errors.UnauthenticatedError,
+}
+
+
+def op_error_message(exc):
+    """A TensorFlow OpError's message without the Python-side "Graph execution error" preamble
+    and stack trace (TF Serving's messages start at the op's own text)."""
+    lines = exc.message.splitlines()
+    if lines and lines[0].startswith("Graph execution error"):
+        keep = 0
+        for i, line in enumerate(lines):
+            if (line.startswith(("Detected at node", "  File ", "<stack traces unavailable>"))
+                    or not line.strip()):
+                keep = i + 1
+            elif keep:
+                break
+        lines = lines[keep:] or lines
+    return "\n".join(lines).strip()
+
+
+def _error_code_name(exc):
+    for name, cls in _OPERROR_CODES.items():
+        if type(exc) is cls:
+            return name
+    return "UNKNOWN"
+
+
+# --- A local stand-in for TF Serving's HTTP front end --------------------------------------------
+
+_PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+))?:(classify|regress|predict)",
+                           re.IGNORECASE)
+_STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+))?", re.IGNORECASE)
+
+
+def latest_version(model_base_path):
+    """(version, path) of the highest numeric version directory holding a SavedModel."""
+    versions = sorted((int(d) for d in os.listdir(model_base_path) if d.isdigit()
+                       and os.path.exists(os.path.join(model_base_path, d, "saved_model.pb"))),
+                      reverse=True) if os.path.isdir(model_base_path) else []
+    if not versions:
+        raise FileNotFoundError(f"No servable version under {model_base_path}: expected numeric "
+                                f"subdirectories holding saved_model.pb (EXPORT_DIR/<version>/)")
+    return versions[0], os.path.join(model_base_path, str(versions[0]))
+
+
+class ModelServer(http.server.HTTPServer):
+    """TF Serving's REST URLs for one model, its latest version loaded (TF Serving's default
+    version policy). For local tests of requests and clients; not for production."""
+
+    def __init__(self, model_base_path, model_name, host="127.0.0.1", port=8501):
+        self.model_name = model_name
+        self.version, path = latest_version(model_base_path)
+        self.loaded = tf.saved_model.load(path)
+        super().__init__((host, port), _Handler)
+
+    def handle_request_path(self, method, path, body):
+        """(HTTP status, response dict) for one request."""
+        path = path.split("?", 1)[0]
+        if method == "POST" and (m := _PREDICT_PATH.fullmatch(path)):
+            name, version, verb = m.groups()
+            if error := self._find(name, version):
+                return error
+            if verb.lower() != "predict":
+                return 501, {"error": f"{verb} is not served by this stand-in (only predict)"}
+            return predict(self.loaded, body)
+        if method == "GET" and (m := _STATUS_PATH.fullmatch(path)):
+            name, version = m.groups()
+            if not name:
+                return 400, {"error": "Missing model name in request."}
+            if error := self._find(name, version):
+                return error
+            return 200, {"model_version_status": [{
+                "version": str(self.version), "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""}}]}
+        return 400, {"error": f"Malformed request: {method} {path}"}
+
+    def _find(self, name, version):
+        if name != self.model_name or (version is not None and int(version) != self.version):
+            spec = f"Specific({name}, {int(version)})" if version else f"Latest({name})"
+            return 404, {"error": f"Servable not found for request: {spec}"}
+        return None
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _reply(self, method):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        status, response = self.server.handle_request_path(method, self.path, body)
+        data = json.dumps(response, indent=1).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        self._reply("POST")
+
+    def do_GET(self):  # noqa: N802
+        self._reply("GET")
+
+    def log_message(self, fmt, *args):
+        log.info("%s %s", self.address_string(), fmt % args)

@@ -1,0 +1,84 @@
+"""TF Serving's REST :predict API without TF Serving: answer a request file, or serve locally.
+
+Answer one request body (as you would POST it to /v1/models/<name>:predict) and print the
+response TF Serving would send:
+  python -m pipelines.rest --model=work/export request.json        # or - for stdin
+
+Serve TF Serving's REST URLs on localhost for trying curl commands and client code:
+  python -m pipelines.rest --model=work/export --serve --model_name=cxr --port=8501
+  curl -d @request.json http://localhost:8501/v1/models/cxr:predict
+
+The request mapping (instances/inputs, b64 objects, predictions/outputs) is TF Serving's; see
+cxr_tf/serving/rest.py and docs/serving.md. The server is a test double, not for production.
+Exit status: 0 when the answer is HTTP 200, 1 otherwise (the error JSON is still printed),
+2 on a usage error.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+import pipelines  # noqa: F401  (TensorFlow environment defaults)
+
+flags.DEFINE_string("model", None, "Export directory: the model base path (versions in numbered "
+                    "subdirectories; the highest is used) or one version directory.",
+                    required=True)
+flags.DEFINE_bool("serve", False, "Serve TF Serving's REST URLs instead of answering a file.")
+flags.DEFINE_string("model_name", "cxr", "Model name in the URLs (/v1/models/<name>:predict).")
+flags.DEFINE_string("host", "127.0.0.1", "Address to listen on with --serve.")
+flags.DEFINE_integer("port", 8501, "Port with --serve (TF Serving's REST default is 8501; 0 "
+                     "picks a free one).")
+
+
+def main(argv):
+    from cxr_tf.serving import predict as predict_lib
+    from cxr_tf.serving import rest
+
+    f = flags.FLAGS
+    if f.serve:
+        if len(argv) > 1:
+            raise app.UsageError("--serve takes no request file")
+        base = f.model
+        if os.path.exists(os.path.join(base, "saved_model.pb")):
+            base = os.path.dirname(os.path.abspath(base))
+        server = rest.ModelServer(base, f.model_name, host=f.host, port=f.port)
+        host, port = server.server_address[:2]
+        print(f"serving {f.model_name} version {server.version} at "
+              f"http://{host}:{port}/v1/models/{f.model_name}", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return 0
+
+    if len(argv) != 2:
+        raise app.UsageError("Give one request file (or - for stdin), or --serve")
+    source = argv[1]
+    try:
+        if source == "-":
+            body = sys.stdin.read()
+        else:
+            with open(source, encoding="utf-8") as fh:
+                body = fh.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise app.UsageError(f"cannot read request {source}: {e}")
+    import tensorflow as tf
+    loaded = tf.saved_model.load(predict_lib.resolve_export(f.model))
+    status, response = rest.predict(loaded, body)
+    print(json.dumps(response, indent=1))
+    if status != 200:
+        print(f"HTTP {status}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
