@@ -31,9 +31,48 @@ class DataConfig:
     cache: bool = True
 
 
+LR_SCHEDULES = ("constant", "plateau", "cosine")
+CLASS_WEIGHTINGS = ("none", "positive")
+
+
 @dataclasses.dataclass
-class SegmenterConfig:
-    """U-Net and its training."""
+class TrainingOptions:
+    """How a model is trained, shared by SegmenterConfig and ClassifierConfig.
+
+    Defaults reproduce the paper (constant learning rate, float32, no step checkpoints).
+
+    Attributes:
+      lr_schedule: "constant" (paper), "plateau" (multiply the learning rate by
+        `lr_plateau_factor` after `lr_plateau_patience` epochs without a new best validation
+        score, down to `min_learning_rate`) or "cosine" (keras.optimizers.schedules.CosineDecay
+        from `learning_rate` to `min_learning_rate` over all training steps).
+      lr_plateau_factor: factor of the "plateau" schedule, in (0, 1).
+      lr_plateau_patience: epochs without improvement before the "plateau" schedule decays.
+      min_learning_rate: floor of "plateau", end value of "cosine".
+      mixed_precision: compute in float16 with dynamic loss scaling on GPUs, bfloat16 on CPUs
+        and TPUs; variables, outputs and losses stay float32, and best.keras is saved float32.
+      jit_compile: compile the train step with XLA where the strategy allows it (not with
+        several replicas on CPU devices: a warning is logged and XLA stays off).
+      checkpoint_every_steps: also checkpoint every N training steps (0: epoch ends only).
+      sync_batch_norm: with several replicas, batch-norm statistics over the global batch
+        instead of each replica's share (training then follows single-device training).
+      deterministic: deterministic ops (tf.config.experimental.enable_op_determinism): a run
+        interrupted and resumed ends with the same weights as an uninterrupted one. Slower.
+    """
+    lr_schedule: str = "constant"
+    lr_plateau_factor: float = 0.1
+    lr_plateau_patience: int = 2
+    min_learning_rate: float = 0.0
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    checkpoint_every_steps: int = 0
+    sync_batch_norm: bool = False
+    deterministic: bool = False
+
+
+@dataclasses.dataclass
+class SegmenterConfig(TrainingOptions):
+    """U-Net and its training (TrainingOptions hold the shared training fields)."""
     input_size: int = 256
     base_filters: int = 16
     depth: int = 4
@@ -44,7 +83,7 @@ class SegmenterConfig:
 
 
 @dataclasses.dataclass
-class ClassifierConfig:
+class ClassifierConfig(TrainingOptions):
     """Classifier variant, input geometry and training.
 
     Attributes:
@@ -54,6 +93,9 @@ class ClassifierConfig:
       resize_size: images are resized to this side, then centre-cropped to input_size.
       weight_decay: decoupled weight decay of Adam (Keras' Adam `weight_decay`).
       min_crop_fraction, brightness, contrast: training augmentation (off in the paper).
+      class_weighting: "none" (plain binary cross-entropy, paper) or "positive" (each class's
+        positive examples weighted by N_negative / N_positive of that class in the train split).
+      Plus the shared TrainingOptions fields (schedule, precision, checkpoints).
     """
     variant: str = "cxr_irnet"
     backbone: str = ""
@@ -70,6 +112,7 @@ class ClassifierConfig:
     min_crop_fraction: float = 1.0
     brightness: float = 0.0
     contrast: float = 0.0
+    class_weighting: str = "none"
 
 
 @dataclasses.dataclass
@@ -109,6 +152,38 @@ def tiny():
         segmenter=SegmenterConfig(input_size=32, base_filters=4, depth=2, epochs=1, batch_size=8),
         classifier=ClassifierConfig(backbone="densenet_tiny", input_size=64, resize_size=64,
                                     epochs=1, batch_size=8))
+
+
+def check_training_options(options, what="training"):
+    """Raises ValueError naming the field when a TrainingOptions (or subclass) is inconsistent.
+
+    Args:
+      options: a SegmenterConfig or ClassifierConfig.
+      what: how errors name the section, e.g. "classifier".
+    """
+    def fail(field, value, expected):
+        raise ValueError(f"{what}.{field} = {value!r}: expected {expected}")
+
+    if options.lr_schedule not in LR_SCHEDULES:
+        fail("lr_schedule", options.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
+    if not 0.0 < options.lr_plateau_factor < 1.0:
+        fail("lr_plateau_factor", options.lr_plateau_factor, "a factor in (0, 1)")
+    if options.lr_plateau_patience < 1:
+        fail("lr_plateau_patience", options.lr_plateau_patience, "at least 1 epoch")
+    if options.min_learning_rate < 0 or options.min_learning_rate > options.learning_rate:
+        fail("min_learning_rate", options.min_learning_rate,
+             f"a value in [0, learning_rate = {options.learning_rate}]")
+    if options.checkpoint_every_steps < 0:
+        fail("checkpoint_every_steps", options.checkpoint_every_steps, "0 (off) or a step count")
+    if options.epochs < 1:
+        fail("epochs", options.epochs, "at least 1")
+    if options.batch_size < 1:
+        fail("batch_size", options.batch_size, "at least 1 (the global batch size)")
+    if options.learning_rate <= 0:
+        fail("learning_rate", options.learning_rate, "a positive number")
+    weighting = getattr(options, "class_weighting", "none")
+    if weighting not in CLASS_WEIGHTINGS:
+        fail("class_weighting", weighting, f"one of {', '.join(CLASS_WEIGHTINGS)}")
 
 
 PRESETS = {"paper": paper, "demo": demo, "tiny": tiny}

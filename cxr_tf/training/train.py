@@ -1,31 +1,44 @@
 """Training the segmenter and the classifier from an ExperimentConfig.
 
-Both functions write into a work directory (checkpoints, history.json, best.keras,
+Both functions write into a work directory (checkpoints/, tensorboard/, history.json, best.keras,
 experiment.json) and return the path of the best model, chosen on the validation split.
+Re-running an interrupted call with the same arguments resumes it (mid-epoch included).
+
+Each epoch's training batches are a pure function of (config.seed, epoch): a freshly seeded
+shuffle and augmentation stream per epoch. That is what lets an interrupted run skip exactly the
+batches it already trained on, and lets every worker of a multi-worker run draw its shard of the
+same global batches.
 """
 
+import contextlib
 import functools
+import json
 import logging
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from cxr_tf import configs as configs_lib
 from cxr_tf import labels as labels_lib
 from cxr_tf.data import datasets, pipeline
+from cxr_tf.data import features as fk
 from cxr_tf.evaluation import inference, metrics
 from cxr_tf.models import classifier as classifier_lib
 from cxr_tf.models.losses import SoftDiceLoss
 from cxr_tf.models.unet import UNetSegmenter
-from cxr_tf.training import loop
+from cxr_tf.training import loop, objectives, strategies
 
 log = logging.getLogger("cxr_tf")
 
 EXPERIMENT = "experiment.json"
+LABEL_COUNTS = "label_counts.json"
 # Batch size of validation passes: inference only, so larger than training batches.
 EVAL_BATCH = 64
+# Shuffle buffer of the training stream (examples).
+SHUFFLE_BUFFER = 2048
 
 
 def segmentation_datasets(config, builder, split, training):
@@ -52,6 +65,52 @@ def classification_dataset(config, builder, split, training, with_ids=False, bat
         seed=config.seed, cache=config.data.cache, with_ids=with_ids)
 
 
+def epoch_seed(seed, epoch):
+    """The shuffle/augmentation seed of one epoch: a fixed function of (seed, epoch)."""
+    return (int(seed) * 1_000_003 + int(epoch) + 1) % (2 ** 62)
+
+
+def epoch_input(config, builder, split, parse_fn, aug, global_batch_size):
+    """A loop.EpochInput over a split: per-epoch seeded shuffle and augmentation.
+
+    Epoch e shuffles the (optionally cached) examples with seed epoch_seed(config.seed, e),
+    pairs each with a per-example augmentation seed from the same stream, keeps the first
+    `steps_per_epoch * global_batch_size` (drop-remainder), skips those of already trained
+    steps, shards them over input pipelines (workers) element by element, parses, and batches
+    per replica. Every worker therefore trains on its share of the very same global batches a
+    single device would see, in the same order.
+
+    Args:
+      config: ExperimentConfig (seed, data.cache).
+      builder: TFDS builder.
+      split: split name, normally "train".
+      parse_fn: `fn(example, aug=..., seed=...) -> (image, target)`.
+      aug: pipeline.Augmentation.
+      global_batch_size: examples per global step.
+    """
+    examples = datasets.load_split(builder, split)
+    if config.data.cache:
+        examples = examples.cache()  # shared by the datasets of all epochs
+    num_examples = builder.info.splits[split].num_examples
+    steps = num_examples // global_batch_size
+    seed = config.seed
+
+    def dataset_fn(epoch, start_step, ctx):
+        s = epoch_seed(seed, epoch)
+        ds = examples.shuffle(SHUFFLE_BUFFER, seed=s, reshuffle_each_iteration=False)
+        seeds = tf.data.Dataset.random(seed=s).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+        ds = ds.take(steps * global_batch_size).skip(start_step * global_batch_size)
+        if ctx.num_input_pipelines > 1:
+            ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+        ds = ds.map(lambda example, s_: parse_fn(example, aug=aug, seed=s_),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(ctx.get_per_replica_batch_size(global_batch_size), drop_remainder=True)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return loop.EpochInput(dataset_fn, steps, global_batch_size)
+
+
 def segmenter_validation(dataset):
     """validate() for the segmenter: Dice per structure, lungs and union on `dataset`."""
     def validate(model):
@@ -75,6 +134,35 @@ def classifier_validation(dataset):
     return validate
 
 
+def label_frequencies(builder, split="train", work_dir=None):
+    """(num_examples, positives per class) of a split, decoding the labels only.
+
+    With `work_dir`, the counts are kept in work_dir/label_counts.json and reused by a resumed
+    run (a full pass over ChestX-ray14's records takes a while).
+    """
+    cache = os.path.join(work_dir, LABEL_COUNTS) if work_dir else None
+    key = {"dataset": builder.info.full_name, "split": split,
+           "num_examples": int(builder.info.splits[split].num_examples)}
+    if cache and os.path.exists(cache):
+        with open(cache) as f:
+            stored = json.load(f)
+        if all(stored.get(k) == v for k, v in key.items()):
+            return stored["num_examples"], np.asarray(stored["positives"], np.int64)
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders=tfds.decode.PartialDecoding({fk.LABELS: True}),
+                            read_config=tfds.ReadConfig(try_autocache=False))
+    positives = np.zeros(len(labels_lib.FINDINGS), np.int64)
+    total = 0
+    for batch in ds.map(lambda ex: ex[fk.LABELS]).batch(4096):
+        labels = batch.numpy()
+        positives += (labels > 0).sum(axis=0)
+        total += labels.shape[0]
+    if cache:
+        loop.write_json_atomic(cache, {**key, "num_examples": total,
+                                       "positives": positives.tolist()})
+    return total, positives
+
+
 def _seed_everything(seed):
     keras.utils.set_random_seed(seed)
 
@@ -84,28 +172,135 @@ def _write_experiment(work_dir, config, **extra):
                            {"config": configs_lib.to_dict(config), **extra})
 
 
+@contextlib.contextmanager
+def _dtype_policy(name):
+    """Sets Keras' global dtype policy for the block, restoring the previous one after it."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _setup(options, strategy, what):
+    """Validates options, applies determinism; returns the dtype policy name to train under."""
+    configs_lib.check_training_options(options, what)
+    if options.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f"{what}.batch_size = {options.batch_size} is the GLOBAL batch and must "
+                         f"be a multiple of the {strategy.num_replicas_in_sync} replicas of "
+                         f"{strategies.describe(strategy)}")
+    if options.deterministic:
+        # Process-wide and permanent: every later op in this process is deterministic too.
+        tf.config.experimental.enable_op_determinism()
+    policy = strategies.mixed_precision_policy(strategy) if options.mixed_precision else "float32"
+    log.info("Strategy %s; dtype policy %s%s", strategies.describe(strategy), policy,
+             "; deterministic ops" if options.deterministic else "")
+    return policy
+
+
+def _make_optimizer(options, steps_per_epoch, policy, weight_decay=None):
+    """Adam with the configured learning-rate schedule; loss-scaled under mixed_float16."""
+    lr = options.learning_rate
+    if options.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            options.learning_rate, decay_steps=max(1, options.epochs * steps_per_epoch),
+            alpha=options.min_learning_rate / options.learning_rate)
+    optimizer = keras.optimizers.Adam(lr, weight_decay=weight_decay or None)
+    if policy == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _plateau(options):
+    if options.lr_schedule != "plateau":
+        return None
+    return (options.lr_plateau_factor, options.lr_plateau_patience, options.min_learning_rate)
+
+
+def _synchronize_batch_norm(model):
+    """Makes every trainable BatchNormalization layer use global-batch statistics."""
+    count = 0
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            layer.synchronized = True
+            count += 1
+        stack.extend(getattr(layer, "layers", []))
+    return count
+
+
+def _float32_saver(policy):
+    """save_model_fn writing best.keras in float32 whatever the training policy.
+
+    Variables are float32 under mixed precision anyway; rebuilding the model under the float32
+    policy (from its get_config) keeps mixed-precision layers out of the files that evaluation
+    and export load.
+    """
+    if policy == "float32":
+        return loop.save_model_atomic
+
+    def save(model, path):
+        with _dtype_policy("float32"):
+            copy = model.__class__.from_config(model.get_config())
+        copy.set_weights(model.get_weights())
+        loop.save_model_atomic(copy, path)
+
+    return save
+
+
+def _trainer(model, loss_fn, optimizer, strategy, work_dir, metric, options, policy):
+    if options.sync_batch_norm and strategy.num_replicas_in_sync > 1:
+        log.info("Synchronised batch norm: %d layers use global-batch statistics",
+                 _synchronize_batch_norm(model))
+    return loop.Trainer(model, loss_fn, optimizer, strategy, work_dir, metric,
+                        checkpoint_every_steps=options.checkpoint_every_steps,
+                        jit_compile=options.jit_compile, plateau=_plateau(options),
+                        save_model_fn=_float32_saver(policy))
+
+
+def _run_info(strategy, policy, trainer):
+    return {"strategy": strategies.describe(strategy),
+            "replicas": strategy.num_replicas_in_sync, "dtype_policy": policy,
+            "jit_compile": trainer.jit_compile}
+
+
 def train_segmenter(config, builder, work_dir, strategy=None, verbose=1):
     """Trains the U-Net on the builder's train split, selecting on validation mean Dice.
+
+    Args:
+      config: an ExperimentConfig; `config.segmenter` holds the model and training options.
+      builder: TFDS builder with train and validation splits carrying masks.
+      work_dir: output directory (re-running with the same one resumes).
+      strategy: tf.distribute strategy (default: no distribution).
+      verbose: 1 progress bars, 0 per-epoch log lines only.
 
     Returns the path of the best model (work_dir/best.keras).
     """
     strategy = strategy or tf.distribute.get_strategy()
     seg = config.segmenter
+    policy = _setup(seg, strategy, "segmenter")
     os.makedirs(work_dir, exist_ok=True)
     _seed_everything(config.seed)
-    train_ds = segmentation_datasets(config, builder, "train", training=True)
+    parse = functools.partial(pipeline.parse_segmentation, size=seg.input_size)
+    aug = pipeline.Augmentation(min_crop_fraction=seg.min_crop_fraction)
+    train_input = epoch_input(config, builder, "train", parse, aug, seg.batch_size)
     val_ds = segmentation_datasets(config, builder, "validation", training=False)
-    with strategy.scope():
-        model = UNetSegmenter(input_size=seg.input_size, base_filters=seg.base_filters,
-                              depth=seg.depth)
-        optimizer = keras.optimizers.Adam(seg.learning_rate)
-    dice = SoftDiceLoss(reduction=None)
-    trainer = loop.Trainer(model, dice, optimizer, strategy, work_dir, "mean_dice")
-    log.info("Training segmenter: %d parameters, input %d px, %d epochs, batch %d",
-             model.count_params(), seg.input_size, seg.epochs, seg.batch_size)
-    _write_experiment(work_dir, config, role="segmenter")
-    trainer.fit(train_ds, seg.epochs, seg.batch_size, segmenter_validation(val_ds),
-                verbose=verbose)
+    with _dtype_policy(policy):
+        with strategy.scope():
+            model = UNetSegmenter(input_size=seg.input_size, base_filters=seg.base_filters,
+                                  depth=seg.depth)
+            optimizer = _make_optimizer(seg, train_input.steps_per_epoch, policy)
+        trainer = _trainer(model, SoftDiceLoss(reduction=None), optimizer, strategy, work_dir,
+                           "mean_dice", seg, policy)
+        log.info("Training segmenter: %d parameters, input %d px, %d epochs, global batch %d",
+                 model.count_params(), seg.input_size, seg.epochs, seg.batch_size)
+        if trainer.chief:
+            _write_experiment(work_dir, config, role="segmenter",
+                              **_run_info(strategy, policy, trainer))
+        trainer.fit(train_input, seg.epochs, seg.batch_size, segmenter_validation(val_ds),
+                    verbose=verbose)
     return trainer.best_path
 
 
@@ -120,41 +315,81 @@ def build_classifier_from_config(config, segmenter=None, backbone_weights=None):
         backbone_weights=backbone_weights)
 
 
+def classifier_loss(config, builder, work_dir=None):
+    """The per-example classifier loss `config.classifier.class_weighting` asks for.
+
+    "none": keras.losses.binary_crossentropy (the paper). "positive": positive_weighted_bce with
+    w_pos = N_negative / N_positive per class, counted on the builder's train split.
+
+    Returns (loss_fn, positive weights as a list or None).
+    """
+    weighting = config.classifier.class_weighting
+    if weighting == "none":
+        return keras.losses.binary_crossentropy, None
+    if weighting == "positive":
+        total, positives = label_frequencies(builder, "train", work_dir)
+        weights = objectives.positive_class_weights(positives, total)
+        for name, count in zip(labels_lib.FINDINGS, positives):
+            if count == 0:
+                log.warning("Class %s has no positive example in the train split: weight 1",
+                            name)
+        log.info("Positive-class weights: %s", ", ".join(
+            f"{n} {w:.1f}" for n, w in zip(labels_lib.FINDINGS, weights)))
+        return objectives.positive_weighted_bce(weights), weights.tolist()
+    raise ValueError(f"classifier.class_weighting = {weighting!r}: expected one of "
+                     f"{', '.join(configs_lib.CLASS_WEIGHTINGS)}")
+
+
 def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=None,
                      backbone_weights=None, verbose=1):
     """Trains the classifier on the train split, selecting on validation mean AUROC.
 
     Args:
-      config: an ExperimentConfig.
+      config: an ExperimentConfig; `config.classifier` holds the model and training options.
       builder: TFDS builder with train and validation splits.
-      work_dir: output directory.
+      work_dir: output directory (re-running with the same one resumes).
       segmenter_path: trained segmenter (.keras), required by variants with feature weighting.
+        It runs frozen and in float32 even under mixed precision, so masks do not depend on it.
       strategy: tf.distribute strategy (default: no distribution).
       backbone_weights: optional local weights file for the backbone.
+      verbose: 1 progress bars, 0 per-epoch log lines only.
 
     Returns the path of the best model (work_dir/best.keras).
     """
     strategy = strategy or tf.distribute.get_strategy()
     clf = config.classifier
-    os.makedirs(work_dir, exist_ok=True)
-    _seed_everything(config.seed)
+    policy = _setup(clf, strategy, "classifier")
     needs_segmenter = classifier_lib.VARIANTS[clf.variant][2]
     if needs_segmenter and not segmenter_path:
         raise ValueError(f"Variant {clf.variant!r} weights features by the lung-and-heart mask and "
                          f"needs a trained segmenter; pass its .keras path")
-    train_ds = classification_dataset(config, builder, "train", training=True)
+    os.makedirs(work_dir, exist_ok=True)
+    _seed_everything(config.seed)
+    parse = functools.partial(pipeline.parse_classification, size=clf.input_size,
+                              resize_size=clf.resize_size)
+    aug = pipeline.Augmentation(min_crop_fraction=clf.min_crop_fraction,
+                                brightness=clf.brightness, contrast=clf.contrast)
+    train_input = epoch_input(config, builder, "train", parse, aug, clf.batch_size)
     val_ds = classification_dataset(config, builder, "validation", training=False)
-    with strategy.scope():
+    loss_fn, pos_weights = classifier_loss(config, builder, work_dir)
+    with _dtype_policy("float32"), strategy.scope():
+        # The frozen segmenter keeps float32: the same masks in training, evaluation, serving.
         segmenter = classifier_lib.load_model(segmenter_path) if needs_segmenter else None
-        model = build_classifier_from_config(config, segmenter, backbone_weights)
-        optimizer = keras.optimizers.Adam(clf.learning_rate, weight_decay=clf.weight_decay or None)
-    trainer = loop.Trainer(model, keras.losses.binary_crossentropy, optimizer, strategy, work_dir,
-                           "mean_auroc")
-    log.info("Training %s (%s backbone): %d parameters (%d trainable), input %d px, %d epochs, "
-             "batch %d", clf.variant, model.backbone_name, model.count_params(),
-             sum(int(np.prod(v.shape)) for v in model.trainable_variables), clf.input_size,
-             clf.epochs, clf.batch_size)
-    _write_experiment(work_dir, config, role="classifier", segmenter=segmenter_path)
-    trainer.fit(train_ds, clf.epochs, clf.batch_size, classifier_validation(val_ds),
-                verbose=verbose)
+    with _dtype_policy(policy):
+        with strategy.scope():
+            model = build_classifier_from_config(config, segmenter, backbone_weights)
+            optimizer = _make_optimizer(clf, train_input.steps_per_epoch, policy,
+                                        weight_decay=clf.weight_decay)
+        trainer = _trainer(model, loss_fn, optimizer, strategy, work_dir, "mean_auroc", clf,
+                           policy)
+        log.info("Training %s (%s backbone): %d parameters (%d trainable), input %d px, %d "
+                 "epochs, global batch %d", clf.variant, model.backbone_name, model.count_params(),
+                 sum(int(np.prod(v.shape)) for v in model.trainable_variables), clf.input_size,
+                 clf.epochs, clf.batch_size)
+        if trainer.chief:
+            _write_experiment(work_dir, config, role="classifier", segmenter=segmenter_path,
+                              positive_class_weights=pos_weights,
+                              **_run_info(strategy, policy, trainer))
+        trainer.fit(train_input, clf.epochs, clf.batch_size, classifier_validation(val_ds),
+                    verbose=verbose)
     return trainer.best_path
