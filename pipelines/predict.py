@@ -62,6 +62,10 @@ def main(argv):
                                  f"(e.g. jet, inferno, viridis)", exitcode=2)
     if f.output and not os.path.isdir(os.path.dirname(os.path.abspath(f.output))):
         raise app.UsageError(f"--output={f.output}: its folder does not exist", exitcode=2)
+    try:
+        predictor = predict.Predictor(f.model, warn_coverage=f.warn_coverage)
+    except (FileNotFoundError, ValueError) as e:
+        raise app.UsageError(f"--model: {e}", exitcode=2)
     paths, skipped = predict.find_images(inputs)
     for path in skipped:
         print(f"skipped {path}: not a .png, .jpg, .jpeg, .dcm or .dicom file (nor DICOM "
@@ -69,10 +73,6 @@ def main(argv):
     if not paths:
         print(f"error no PNG, JPEG or DICOM files found in {', '.join(inputs)}", file=sys.stderr)
         return 1
-    try:
-        predictor = predict.Predictor(f.model, warn_coverage=f.warn_coverage)
-    except (FileNotFoundError, ValueError) as e:
-        raise app.UsageError(f"--model: {e}", exitcode=2)
     if f.overlay_dir:
         os.makedirs(f.overlay_dir, exist_ok=True)
     meta = predictor.meta

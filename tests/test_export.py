@@ -1,78 +1,197 @@
-"""Export round trip: the SavedModel answers like the in-memory model, through both signatures."""
+"""Export: layout, metadata, both signatures, and parity of served and evaluated preprocessing.
 
+Parity: the same image through (a) the tf.data evaluation pipeline and the in-memory model and
+(b) the exported `serving_default` signature on its encoded bytes gives the same outputs within
+1e-5, for the stored square size, a non-square image of another size, 16-bit and RGBA PNGs, and
+with resize_size > input_size (the paper's resize-then-centre-crop).
+"""
+
+import functools
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import serving_fixtures as sf
 from cxr_tf import labels
 from cxr_tf.data import datasets, pipeline
 from cxr_tf.data import features as fk
-from cxr_tf.models import build_classifier, load_model
 from cxr_tf.serving import export as export_lib
 
-import functools
+OUTPUTS = ("probabilities", "decisions", "mask_coverage", "low_mask_coverage",
+           "class_activation_maps")
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_segmenter_path, tmp_path_factory):
-    model = build_classifier("cxr_irnet", backbone="densenet_tiny", input_size=64,
-                             segmenter=load_model(tiny_segmenter_path))
-    thresholds = np.linspace(0.1, 0.9, labels.NUM_FINDINGS)
-    base = str(tmp_path_factory.mktemp("export"))
-    path = export_lib.export_classifier(model, base, resize_size=64, thresholds=thresholds)
-    return model, path, thresholds
+    """No crop: resize_size == input_size == 64."""
+    model, path = sf.tiny_export(tiny_segmenter_path, tmp_path_factory, resize_size=64)
+    return model, path, sf.THRESHOLDS
+
+
+@pytest.fixture(scope="module")
+def exported_crop(tiny_segmenter_path, tmp_path_factory):
+    """Resize to 80, centre-crop 64 (the paper's 256 -> 224 geometry, scaled down)."""
+    return sf.tiny_export(tiny_segmenter_path, tmp_path_factory, resize_size=80)
 
 
 def test_layout_metadata_and_versions(exported):
     model, path, thresholds = exported
     assert os.path.basename(path) == "1"
     assert os.path.exists(os.path.join(path, "saved_model.pb"))
+    assert os.path.isdir(os.path.join(path, "variables"))
     assert not [d for d in os.listdir(os.path.dirname(path)) if d.startswith(".tmp")]
     loaded, meta = export_lib.load_exported(path)
     assert meta["label_names"] == list(labels.FINDINGS)
     np.testing.assert_allclose(meta["thresholds"], thresholds, rtol=1e-6)
-    raw = loaded.signatures[export_lib.METADATA]()
-    assert [s.decode() for s in raw["label_names"].numpy()] == list(labels.FINDINGS)
-    assert int(raw["input_size"]) == 64 and int(raw["version"]) == 1
+    assert meta["input_size"] == 64 and meta["resize_size"] == 64 and meta["version"] == 1
+    assert meta["min_mask_coverage"] == pytest.approx(model.min_mask_coverage)
+    assert meta["model_name"] == "cxr_irnet" and meta["feature_weighting"] is True
     assert export_lib.next_version(os.path.dirname(path)) == 2
 
+    # The graph carries everything (TF Serving never reads assets.extra).
+    raw = loaded.signatures[export_lib.METADATA](ignored=tf.constant(0))
+    assert [s.decode() for s in raw["label_names"].numpy()] == list(labels.FINDINGS)
+    np.testing.assert_allclose(raw["thresholds"].numpy(), thresholds, rtol=1e-6)
+    assert int(raw["input_size"]) == 64 and int(raw["resize_size"]) == 64
+    assert int(raw["version"]) == 1 and raw["model_name"].numpy() == b"cxr_irnet"
+    assert float(raw["min_mask_coverage"]) == pytest.approx(model.min_mask_coverage)
+    assert json.loads(raw["metadata_json"].numpy()) == meta
+    with open(os.path.join(path, export_lib.METADATA_FILE)) as f:
+        assert json.load(f) == meta
 
-def test_saved_model_matches_in_memory_model(exported, tiny_builder):
+
+def test_load_refuses_metadata_that_disagrees_with_the_graph(exported, tmp_path):
+    _, path, _ = exported
+    copy = str(tmp_path / "7")
+    shutil.copytree(path, copy)
+    meta_file = os.path.join(copy, export_lib.METADATA_FILE)
+    with open(meta_file) as f:
+        meta = json.load(f)
+    meta["thresholds"][0] = 0.99
+    with open(meta_file, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(ValueError, match="thresholds is .* but the SavedModel says"):
+        export_lib.load_exported(copy)
+
+
+def test_both_signatures_have_the_same_outputs(exported):
     model, path, thresholds = exported
     loaded, _ = export_lib.load_exported(path)
-    examples = list(datasets.load_split(tiny_builder, "test").take(4).as_numpy_iterator())
-    pngs = [cv2.imencode(".png", e[fk.IMAGE])[1].tobytes() for e in examples]
-    out = loaded.signatures[export_lib.SERVING_DEFAULT](image_bytes=tf.constant(pngs))
-    # Same images through the evaluation pipeline and the in-memory model.
-    parse = functools.partial(pipeline.parse_classification, size=64, resize_size=64)
-    x = np.stack([parse({fk.IMAGE: e[fk.IMAGE], fk.LABELS: e[fk.LABELS]})[0] for e in examples])
-    expected = model.explain_model()(x, training=False)
-    np.testing.assert_allclose(out["probabilities"], expected["probabilities"], atol=1e-5)
-    np.testing.assert_allclose(out["class_activation_maps"], expected["class_activation_maps"],
-                               atol=1e-4)
-    np.testing.assert_allclose(out["mask_coverage"], expected["mask_coverage"], atol=1e-6)
-    np.testing.assert_array_equal(out["decisions"],
-                                  (out["probabilities"].numpy() >= thresholds).astype(int))
-    pixels = loaded.signatures[export_lib.PREDICT_PIXELS](images=tf.constant(x))
-    np.testing.assert_allclose(pixels["probabilities"], out["probabilities"], atol=1e-6)
+    image = sf.radiograph(64, 64, seed=3)
+    by_bytes = loaded.signatures[export_lib.SERVING_DEFAULT](
+        image_bytes=tf.constant([sf.encode(image, "png")]))
+    by_pixels = loaded.signatures[export_lib.PREDICT_PIXELS](
+        images=tf.constant(image[None, ..., None] / np.float32(255)))
+    assert sorted(by_bytes) == sorted(by_pixels) == sorted(OUTPUTS)
+    for key in OUTPUTS:
+        np.testing.assert_allclose(by_bytes[key], by_pixels[key], atol=1e-6, err_msg=key)
+    assert by_bytes["probabilities"].shape == (1, 14)
+    assert by_bytes["class_activation_maps"].shape == (1, 2, 2, 14)
+    assert by_bytes["decisions"].dtype == tf.int32
+    np.testing.assert_array_equal(by_bytes["decisions"],
+                                  (by_bytes["probabilities"].numpy() >= thresholds).astype(int))
 
 
-def test_bad_bytes_are_an_invalid_argument(exported):
+def _evaluation_path(model, stored, resize_size):
+    """Outputs for stored images via the tf.data evaluation pipeline and the in-memory model."""
+    examples = tf.data.Dataset.from_generator(
+        lambda: ({fk.IMAGE: img, fk.LABELS: np.zeros(14, np.int64), fk.IMAGE_ID: b"x"}
+                 for img in stored),
+        output_signature={fk.IMAGE: tf.TensorSpec([None, None, 1], tf.as_dtype(stored[0].dtype)),
+                          fk.LABELS: tf.TensorSpec([14], tf.int64),
+                          fk.IMAGE_ID: tf.TensorSpec([], tf.string)})
+    parse = functools.partial(pipeline.parse_classification, size=model.input_size,
+                              resize_size=resize_size)
+    explain = model.explain_model()
+    outs = [explain(x, training=False)
+            for x, _ in pipeline.make_dataset(examples, parse, batch_size=8, training=False)]
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def _assert_parity(model, path, stored, encodings, resize_size):
+    loaded, meta = export_lib.load_exported(path)
+    assert meta["resize_size"] == resize_size
+    expected = _evaluation_path(model, stored, resize_size)
+    served = loaded.signatures[export_lib.SERVING_DEFAULT](image_bytes=tf.constant(
+        [sf.encode(img[..., 0], enc) for img, enc in zip(stored, encodings)]))
+    for key in ("probabilities", "mask_coverage", "class_activation_maps"):
+        np.testing.assert_allclose(served[key].numpy(), expected[key], atol=1e-5, rtol=0,
+                                   err_msg=key)
+    np.testing.assert_array_equal(
+        served["decisions"], (expected["probabilities"] >= sf.THRESHOLDS).astype(int))
+
+
+def test_parity_on_the_stored_images(exported, tiny_builder):
+    model, path, _ = exported
+    stored = [e[fk.IMAGE] for e in
+              datasets.load_split(tiny_builder, "test").take(4).as_numpy_iterator()]
+    assert stored[0].shape == (64, 64, 1)
+    _assert_parity(model, path, stored, ["png"] * 4, resize_size=64)
+
+
+@pytest.mark.parametrize("crop", [False, True], ids=["resize", "resize_and_crop"])
+def test_parity_on_other_sizes_depths_and_channels(exported, exported_crop, crop):
+    model, path = exported_crop if crop else exported[:2]
+    stored = [sf.radiograph(90, 70, seed=1)[..., None],            # non-square, larger
+              sf.radiograph(50, 120, seed=2)[..., None],           # non-square, other way
+              sf.radiograph(100, 75, seed=3, depth=np.uint16)[..., None],  # 16-bit PNG
+              sf.radiograph(64, 64, seed=4)[..., None]]            # grey stored as RGBA
+    # 16-bit images cannot share a batch with 8-bit ones in the tf.data path: run separately.
+    _assert_parity(model, path, stored[:2] + stored[3:], ["png", "png", "rgba"],
+                   resize_size=80 if crop else 64)
+    _assert_parity(model, path, stored[2:3], ["png"], resize_size=80 if crop else 64)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"not an image", r"image_bytes\[1\] is not a PNG or JPEG image: 12 bytes"),
+    (b"", r"image_bytes\[1\] is not a PNG or JPEG image: 0 bytes"),
+    (b"iVBORw0KGgoAAAANSUhEUg", r"image_bytes\[1\] .* base64 encoded twice"),
+    (b"\x00" * 128 + b"DICM", r"image_bytes\[1\] .* DICOM"),
+    (b"\x89PNG\r\n\x1a\n not really", "PNG"),
+    (b"\xff\xd8\xff\xe0 truncated", "JPEG"),
+])
+def test_bad_bytes_are_an_invalid_argument_that_names_the_problem(exported, data, message):
     _, path, _ = exported
     loaded, _ = export_lib.load_exported(path)
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        loaded.signatures[export_lib.SERVING_DEFAULT](image_bytes=tf.constant([b"not an image"]))
+    good = sf.encode(sf.radiograph(64, 64), "png")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        loaded.signatures[export_lib.SERVING_DEFAULT](image_bytes=tf.constant([good, data]))
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.full((1, 8, 8, 1), 2.0, np.float32), r"in \[0, 1\].*from 2 to 2"),
+    (np.full((1, 8, 8, 1), np.nan, np.float32), r"in \[0, 1\]"),
+    (np.zeros((1, 0, 8, 1), np.float32), "height and width > 0"),
+])
+def test_bad_pixels_are_an_invalid_argument(exported, images, message):
+    _, path, _ = exported
+    loaded, _ = export_lib.load_exported(path)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        loaded.signatures[export_lib.PREDICT_PIXELS](images=tf.constant(images))
+
+
+def test_empty_batches_are_refused_clearly(exported):
+    _, path, _ = exported
+    loaded, _ = export_lib.load_exported(path)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image_bytes is empty"):
+        loaded.signatures[export_lib.SERVING_DEFAULT](image_bytes=tf.constant([], tf.string))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="images is empty"):
+        loaded.signatures[export_lib.PREDICT_PIXELS](images=tf.zeros((0, 8, 8, 1)))
 
 
 def test_export_refuses_bad_arguments(exported, tmp_path):
     model, path, _ = exported
     with pytest.raises(ValueError, match="thresholds must be 14 values"):
         export_lib.export_classifier(model, str(tmp_path), thresholds=[0.5] * 3)
+    with pytest.raises(ValueError, match="resize_size"):
+        export_lib.export_classifier(model, str(tmp_path), resize_size=32)
     with pytest.raises(FileExistsError, match="already exists"):
         export_lib.export_classifier(model, os.path.dirname(path), version=1)
     with pytest.raises(TypeError, match="CXRClassifier"):
         export_lib.export_classifier(model.segmenter, str(tmp_path))
+    assert not os.listdir(tmp_path)

@@ -62,7 +62,8 @@ log = logging.getLogger("cxr_tf")
 
 
 def check_encoded_images(image_bytes, name=IMAGE_BYTES):
-    """In-graph check that every element of a [batch] string tensor is PNG or JPEG data.
+    """In-graph check that a [batch] string tensor holds at least one element and that every
+    element is PNG or JPEG data.
 
     Returns `image_bytes` with a dependency on the check, so nothing decodes before it.
 
@@ -82,21 +83,27 @@ def check_encoded_images(image_bytes, name=IMAGE_BYTES):
         "other formats are not accepted here: decode them and use the predict_pixels "
         "signature.",
         [first, tf.strings.length(sample), tf.strings.substr(sample, 0, 12)])
-    check = tf.debugging.Assert(tf.reduce_all(ok), [message], name="check_image_bytes")
-    with tf.control_dependencies([check]):
+    checks = [
+        tf.debugging.Assert(tf.size(image_bytes) > 0, [
+            name + " is empty: send at least one encoded image (a batch of 0 images)"]),
+        tf.debugging.Assert(tf.reduce_all(ok), [message], name="check_image_bytes"),
+    ]
+    with tf.control_dependencies(checks):
         return tf.identity(image_bytes)
 
 
 def check_pixels(images, name=IMAGES):
-    """In-graph check that decoded pixels are finite, non-empty and within [0, 1]."""
+    """In-graph check that decoded pixels are a non-empty batch of finite values in [0, 1]."""
     shape = tf.shape(images)
     lo, hi = tf.reduce_min(images), tf.reduce_max(images)
     checks = [
+        tf.debugging.Assert(shape[0] > 0, [
+            name + " is empty: send at least one image (a batch of 0 images)"]),
         tf.debugging.Assert(
             tf.logical_and(shape[1] > 0, shape[2] > 0),
             [tf.strings.format(name + " must have height and width > 0, got shape {}", shape)]),
         tf.debugging.Assert(
-            tf.logical_or(tf.equal(tf.size(images), 0),
+            tf.logical_or(tf.equal(tf.size(images), 0),  # reported by the checks above
                           tf.logical_and(lo >= 0.0, hi <= 1.0)),
             [tf.strings.format(name + " must be float32 grey pixels in [0, 1] (lungs dark), got "
                                "values from {} to {}", [lo, hi])]),

@@ -129,7 +129,14 @@ def read_dicom(path):
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(path)
+        try:
+            ds = pydicom.dcmread(path)
+        except pydicom.errors.InvalidDicomError:
+            # Old files without the preamble and "DICM" marker: read anyway, keep only images.
+            ds = pydicom.dcmread(path, force=True)
+            if "PixelData" not in ds:
+                raise ValueError("no DICM marker after the 128-byte preamble, and no image "
+                                 "when read without it") from None
     except Exception as e:  # pydicom raises many types for bad files
         raise ValueError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from None
     if "PixelData" not in ds:
