@@ -42,14 +42,52 @@ def define_common():
 
 
 def define_training():
-    """Flags shared by the two training binaries."""
+    """Flags shared by the two training binaries (see docs/training.md)."""
     flags.DEFINE_enum("strategy", "default",
                       ["default", "one_device", "mirrored", "multi_worker", "tpu"],
-                      "tf.distribute strategy. 'mirrored' uses all local GPUs; 'multi_worker' "
-                      "reads the cluster from TF_CONFIG.")
+                      "tf.distribute strategy. 'default': no distribution (TensorFlow picks the "
+                      "first GPU if any); 'one_device': one GPU, else the CPU; 'mirrored': all "
+                      "local GPUs (all logical CPU devices without a GPU); 'multi_worker': the "
+                      "machines listed in the TF_CONFIG environment variable, all GPUs of each; "
+                      "'tpu': the TPU named by --tpu.")
+    flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu ('' = local TPU VM).")
     flags.DEFINE_integer("epochs", None, "Training epochs (overrides the preset).")
-    flags.DEFINE_integer("batch_size", None, "Global batch size, over all replicas.")
-    flags.DEFINE_float("learning_rate", None, "Adam learning rate.")
+    flags.DEFINE_integer("batch_size", None, "Global batch size, over all replicas and workers "
+                         "(each replica gets batch_size / replicas); must divide by the number "
+                         "of replicas.")
+    flags.DEFINE_float("learning_rate", None, "Adam learning rate (the start of --lr_schedule).")
+    flags.DEFINE_enum("lr_schedule", None, list(configs.LR_SCHEDULES),
+                      "Learning-rate schedule: 'constant' (paper), 'plateau' (times "
+                      "--lr_plateau_factor after --lr_plateau_patience epochs without a better "
+                      "validation score) or 'cosine' (cosine decay to --min_learning_rate over "
+                      "all steps).")
+    flags.DEFINE_float("lr_plateau_factor", None, "'plateau' schedule: factor in (0, 1) applied "
+                       "to the learning rate on a plateau (default 0.1).")
+    flags.DEFINE_integer("lr_plateau_patience", None, "'plateau' schedule: epochs without a new "
+                         "best validation score before the learning rate drops (default 2).")
+    flags.DEFINE_float("min_learning_rate", None, "Floor of 'plateau', final value of 'cosine' "
+                       "(default 0).")
+    flags.DEFINE_bool("mixed_precision", None, "Mixed precision: float16 with dynamic loss "
+                      "scaling on GPUs, bfloat16 on CPUs and TPUs. Variables and outputs stay "
+                      "float32; best.keras is saved in float32.")
+    flags.DEFINE_bool("jit_compile", None, "Compile the train step with XLA. Ignored with a "
+                      "warning where the strategy cannot (several replicas on CPU devices).")
+    flags.DEFINE_integer("checkpoint_every_steps", None, "Also checkpoint every N training "
+                         "steps (0 = only at epoch ends). An interrupted run restarted with the "
+                         "same command resumes from the latest checkpoint, mid-epoch included.")
+    flags.DEFINE_bool("sync_batch_norm", None, "With several replicas, compute batch-norm "
+                      "statistics over the global batch instead of each replica's share.")
+    flags.DEFINE_bool("deterministic", None, "Deterministic ops "
+                      "(tf.config.experimental.enable_op_determinism): a resumed run ends with "
+                      "the same weights as an uninterrupted one. Slower.")
+
+
+def define_classifier_training():
+    """Training flags of the classifier binary only."""
+    flags.DEFINE_enum("class_weighting", None, list(configs.CLASS_WEIGHTINGS),
+                      "Class imbalance: 'none' (plain binary cross-entropy, paper) or 'positive' "
+                      "(positive examples of each class weighted by N_negative / N_positive, "
+                      "counted on the train split).")
 
 
 def define_classifier():
@@ -111,6 +149,16 @@ def experiment_config(base=None):
 
 
 def apply_training_overrides(section):
-    """Applies --epochs, --batch_size, --learning_rate to a Segmenter/ClassifierConfig."""
+    """Applies the define_training() (and --class_weighting) flags given on the command line to
+    a SegmenterConfig or ClassifierConfig; flags left unset keep the preset's values."""
+    get = lambda name: FLAGS[name].value if name in FLAGS else None  # noqa: E731
     _override(section, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-              learning_rate=FLAGS.learning_rate)
+              learning_rate=FLAGS.learning_rate, lr_schedule=get("lr_schedule"),
+              lr_plateau_factor=get("lr_plateau_factor"),
+              lr_plateau_patience=get("lr_plateau_patience"),
+              min_learning_rate=get("min_learning_rate"),
+              mixed_precision=get("mixed_precision"), jit_compile=get("jit_compile"),
+              checkpoint_every_steps=get("checkpoint_every_steps"),
+              sync_batch_norm=get("sync_batch_norm"), deterministic=get("deterministic"))
+    if hasattr(section, "class_weighting"):
+        _override(section, class_weighting=get("class_weighting"))

@@ -1,9 +1,12 @@
 """Trains CXR-IRNet (or an ablation/baseline); best model on validation mean AUROC is
 WORK_DIR/classifier/best.keras (WORK_DIR/classifier_<variant>/ for other variants). The test split is never used for model selection.
 
-Builds the data set first if needed. Re-running the same command resumes an interrupted run.
+Builds the data set first if needed. Re-running the same command resumes an interrupted run
+(mid-epoch with --checkpoint_every_steps). See docs/training.md for GPUs, several machines,
+mixed precision and TensorBoard.
   cxr-train-classifier --work_dir=work --config=demo
   cxr-train-classifier --work_dir=work --config=demo --variant=chexnet
+  cxr-train-classifier --work_dir=work --config=paper --strategy=mirrored --mixed_precision
 """
 
 from absl import app, flags
@@ -13,6 +16,7 @@ from pipelines import flags as cxr_flags
 cxr_flags.define_common()
 cxr_flags.define_training()
 cxr_flags.define_classifier()
+cxr_flags.define_classifier_training()
 flags.adopt_module_key_flags(cxr_flags)
 
 
@@ -24,7 +28,7 @@ def main(argv):
     f = flags.FLAGS
     config = cxr_flags.experiment_config()
     cxr_flags.apply_training_overrides(config.classifier)
-    strategy = strategies.make_strategy(f.strategy)
+    strategy = strategies.make_strategy(f.strategy, tpu_address=f.tpu)
     builder = workflow.build_data(config, cxr_flags.data_dir(), manual_dir=f.manual_dir)
     segmenter = f.segmenter or workflow.best_model(
         workflow.subdir(f.work_dir, workflow.SEGMENTER_DIR))

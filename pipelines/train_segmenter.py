@@ -1,7 +1,10 @@
 """Trains the lung/heart U-Net; the best model on validation Dice is WORK_DIR/segmenter/best.keras.
 
-Builds the data set first if needed. Re-running the same command resumes an interrupted run.
+Builds the data set first if needed. Re-running the same command resumes an interrupted run
+(mid-epoch with --checkpoint_every_steps). See docs/training.md for GPUs, several machines,
+mixed precision and TensorBoard.
   cxr-train-segmenter --work_dir=work --config=demo
+  cxr-train-segmenter --work_dir=work --config=demo --strategy=mirrored --mixed_precision
 """
 
 from absl import app, flags
@@ -21,7 +24,7 @@ def main(argv):
     from cxr_tf.training import strategies, train
     config = cxr_flags.experiment_config()
     cxr_flags.apply_training_overrides(config.segmenter)
-    strategy = strategies.make_strategy(flags.FLAGS.strategy)
+    strategy = strategies.make_strategy(flags.FLAGS.strategy, tpu_address=flags.FLAGS.tpu)
     builder = workflow.build_data(config, cxr_flags.data_dir(), manual_dir=flags.FLAGS.manual_dir)
     path = train.train_segmenter(config, builder,
                                  workflow.subdir(flags.FLAGS.work_dir, workflow.SEGMENTER_DIR),

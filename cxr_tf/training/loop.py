@@ -189,6 +189,7 @@ class Trainer:
         self.tensorboard_dir = os.path.join(self.work_dir, TENSORBOARD)
         self._train_step = None
         self._train_step_batch = None
+        self._state_sync = "unbuilt"
         self._position = {"step_in_epoch": 0, "global_step": 0, "epoch_loss_sum": 0.0}
 
     # ---------------------------------------------------------------- the step
@@ -220,6 +221,55 @@ class Trainer:
 
         return train_step
 
+    def _build_state_sync(self):
+        """A function averaging batch-norm moving statistics over all replicas, or None.
+
+        Keras 3 updates a BatchNormalization layer's moving mean and variance on each replica
+        from that replica's batch only, so with several replicas (and workers) the copies drift
+        apart while the trainable weights stay identical. Averaging them before every
+        validation and checkpoint gives all replicas the same model (what Keras 2 did with
+        MEAN-aggregated variables at every step).
+        """
+        if self.strategy.num_replicas_in_sync == 1:
+            return None
+        variables, stack = [], [self.model]
+        while stack:
+            layer = stack.pop()
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+                variables += [layer.moving_mean, layer.moving_variance]
+            stack.extend(getattr(layer, "layers", []))
+        if not variables:
+            return None
+
+        def replica_fn():
+            ctx = tf.distribute.get_replica_context()
+            # The underlying tf.Variable: reading a Keras Variable (`.value`) in a
+            # MultiWorkerMirroredStrategy replica context fails ("destinations can not be empty").
+            local = [tf.identity(getattr(v, "_value", v)) for v in variables]
+            means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, local)
+            for v, m in zip(variables, means):
+                v.assign(m)
+
+        @tf.function
+        def sync():
+            self.strategy.run(replica_fn)
+
+        return sync
+
+    def sync_replica_state(self):
+        """Makes non-trainable state (batch-norm statistics) equal on all replicas and workers.
+
+        Every worker must call this at the same point (fit does, before validation and before
+        every checkpoint).
+        """
+        if self._state_sync is None:
+            return
+        if self._state_sync == "unbuilt":
+            self._state_sync = self._build_state_sync()
+            if self._state_sync is None:
+                return
+        self._state_sync()
+
     # ---------------------------------------------------------------- checkpoints
 
     def _sync_position(self):
@@ -235,6 +285,7 @@ class Trainer:
         directory that is deleted at once (they take part because saving distributed variables
         may need all workers).
         """
+        self.sync_replica_state()
         self._sync_position()
         number = self._position["global_step"]
         if self.chief:
@@ -427,6 +478,7 @@ class Trainer:
                                f"the training input yielded fewer batches than announced")
         trained_here = done - first_step
         train_time = time.time() - t_epoch
+        self.sync_replica_state()
         metrics = validate(self.model)
         if self.select_metric not in metrics:
             raise KeyError(f"validate() returned {sorted(metrics)}, which lacks the selection "

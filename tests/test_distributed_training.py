@@ -1,0 +1,279 @@
+"""Distributed training on a CPU-only machine, mixed precision, schedules and class weighting.
+
+Multi-replica runs need their device layout (two logical CPU devices) or TF_CONFIG fixed before
+TensorFlow initialises, so they run in fresh processes (tests/training_child.py).
+
+Stated tolerances:
+  - Mirrored over 2 logical CPUs (synchronised batch norm) vs one device, same global batch 8,
+    12 steps of the tiny classifier: steps 1-4 within 1e-4 (measured <= 3e-6); every step within
+    0.02 and mean |difference| <= 0.005 (measured max 0.0067, mean 0.0018: Adam amplifies
+    float reduction-order differences as steps go on). Without synchronised batch norm the
+    first step already differs by 7e-3 (each replica normalises its own half batch).
+  - Two MultiWorkerMirroredStrategy workers: identical final weights, exactly (all 165 arrays,
+    trainable weights and batch-norm statistics).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cxr_tf import configs
+from cxr_tf.training import loop, objectives, strategies, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHILD = os.path.join(ROOT, "tests", "training_child.py")
+
+
+def data_root(builder):
+    return os.path.dirname(os.path.dirname(os.path.dirname(builder.data_dir)))
+
+
+def child(args, env=None, timeout=600):
+    return subprocess.run([sys.executable, CHILD, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+# ------------------------------------------------------------------ multi-replica (subprocesses)
+
+@pytest.mark.slow
+def test_mirrored_over_two_cpus_follows_the_single_device_trajectory(
+        tiny_builder, tiny_segmenter_path, tmp_path):
+    proc = child(["trajectory", str(tmp_path), data_root(tiny_builder), tiny_segmenter_path,
+                  "default", "mirrored"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = {}
+    for run in ("default", "mirrored"):
+        with open(tmp_path / run / "trajectory.json") as f:
+            runs[run] = json.load(f)
+    assert runs["default"]["replicas"] == 1 and runs["mirrored"]["replicas"] == 2
+    # --jit_compile was asked for the mirrored run: refused with a warning, training went on.
+    assert runs["mirrored"]["jit_compile"] is False
+    assert "jit_compile ignored" in proc.stderr
+    single, mirrored = runs["default"]["losses"], runs["mirrored"]["losses"]
+    assert sorted(single, key=int) == sorted(mirrored, key=int) == [str(s) for s in range(1, 13)]
+    diffs = np.array([abs(single[k] - mirrored[k]) for k in sorted(single, key=int)])
+    print("per-step |loss difference|:", np.array2string(diffs, precision=2))
+    assert np.all(diffs[:4] <= 1e-4)
+    assert np.all(diffs <= 0.02) and diffs.mean() <= 0.005
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_local_workers_end_with_identical_weights(tiny_builder, tiny_segmenter_path,
+                                                      tmp_path):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, CHILD, "worker", str(tmp_path), data_root(tiny_builder),
+             tiny_segmenter_path], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=600))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    w0 = np.load(tmp_path / "weights_0.npz")
+    w1 = np.load(tmp_path / "weights_1.npz")
+    assert len(w0.files) == len(w1.files) > 100
+    for key in w0.files:
+        np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
+    # Only the chief (worker 0) wrote files; worker 1's scratch checkpoints are gone.
+    work = tmp_path / "work"
+    assert sorted(os.listdir(work)) == ["best.keras", "checkpoints", "experiment.json",
+                                        "history.json", "tensorboard"]
+    with open(work / "experiment.json") as f:
+        assert json.load(f)["replicas"] == 2
+    with open(work / "history.json") as f:
+        assert [h["epoch"] for h in json.load(f)] == [1, 2]
+    assert tf.train.latest_checkpoint(str(work / "checkpoints")).endswith("ckpt-12")
+
+
+# ------------------------------------------------------------------ strategies (in process)
+
+def test_strategy_helpers_on_the_default_strategy():
+    strategy = strategies.make_strategy("default")
+    assert strategies.is_chief(strategy) and not strategies.is_multi_worker(strategy)
+    assert strategies.device_kind(strategy) == "CPU"
+    assert strategies.mixed_precision_policy(strategy) == "mixed_bfloat16"
+    assert strategies.jit_support(strategy) == (True, "")
+    assert "1 replica(s) on 1 worker(s)" in strategies.describe(strategy)
+    with pytest.raises(ValueError, match="Unknown strategy 'gpus'; expected one of default"):
+        strategies.make_strategy("gpus")
+
+
+def test_malformed_tf_config_is_explained(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, "task": {"type": '
+                                    '"worker", "index": 3}}')
+    with pytest.raises(ValueError, match="TF_CONFIG must be JSON like"):
+        strategies.make_strategy("multi_worker")
+
+
+def test_training_options_are_checked_with_field_names():
+    config = configs.tiny()
+    config.classifier.lr_schedule = "step"
+    with pytest.raises(ValueError, match="classifier.lr_schedule = 'step': expected one of "
+                                         "constant, plateau, cosine"):
+        configs.check_training_options(config.classifier, "classifier")
+    config = configs.tiny()
+    config.segmenter.checkpoint_every_steps = -1
+    with pytest.raises(ValueError, match="segmenter.checkpoint_every_steps = -1"):
+        configs.check_training_options(config.segmenter, "segmenter")
+    # New fields round-trip through experiment.json.
+    config = configs.tiny()
+    config.classifier.class_weighting = "positive"
+    assert configs.from_dict(configs.to_dict(config)) == config
+
+
+# ------------------------------------------------------------------ class weighting
+
+def test_positive_class_weights_and_weighted_bce():
+    w = objectives.positive_class_weights([1, 3, 0], 4)
+    np.testing.assert_allclose(w, [3.0, 1 / 3, 1.0])
+    y = np.array([[1, 0, 0], [0, 1, 0]], "float32")
+    p = np.array([[0.7, 0.2, 0.1], [0.4, 0.6, 0.5]], "float32")
+    plain = keras.ops.convert_to_numpy(keras.losses.binary_crossentropy(y, p))
+    ones = keras.ops.convert_to_numpy(objectives.positive_weighted_bce([1, 1, 1])(y, p))
+    np.testing.assert_allclose(ones, plain, rtol=1e-6)
+    weighted = keras.ops.convert_to_numpy(objectives.positive_weighted_bce(w)(y, p))
+    expected = -np.array([[3.0 * np.log(0.7), np.log(0.8), np.log(0.9)],
+                          [np.log(0.6), (1 / 3) * np.log(0.6), np.log(0.5)]]).mean(axis=1)
+    np.testing.assert_allclose(weighted, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="pos_weight must be positive"):
+        objectives.positive_weighted_bce([1.0, 0.0])
+
+
+def test_label_frequencies_count_the_train_split(tiny_builder, tmp_path):
+    total, positives = train.label_frequencies(tiny_builder, "train", str(tmp_path))
+    labels = np.stack([ex["labels"] for ex in tiny_builder.as_dataset(split="train")
+                       .as_numpy_iterator()])
+    assert total == 48 == len(labels)
+    np.testing.assert_array_equal(positives, (labels > 0).sum(0))
+    assert os.path.exists(tmp_path / train.LABEL_COUNTS)  # reused by a resumed run
+    assert train.label_frequencies(tiny_builder, "train", str(tmp_path))[0] == 48
+
+
+# ------------------------------------------------------------------ schedules and TensorBoard
+
+def _toy_trainer(tmp_path, optimizer, **kwargs):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    trainer = loop.Trainer(model, keras.losses.mean_squared_error, optimizer,
+                           tf.distribute.get_strategy(), str(tmp_path), "auc", **kwargs)
+    ds = tf.data.Dataset.from_tensor_slices((np.ones((8, 2), "float32"),
+                                             np.ones((8, 1), "float32"))).batch(4)
+    return trainer, ds
+
+
+def test_reduce_on_plateau_lowers_the_learning_rate_and_survives_resume(tmp_path):
+    scores = iter([0.5, 0.4, 0.3, 0.2, 0.1])
+    trainer, ds = _toy_trainer(tmp_path, keras.optimizers.Adam(0.1), plateau=(0.5, 2, 0.03))
+    history = trainer.fit(ds, 3, 4, validate=lambda m: {"auc": next(scores)}, verbose=0)
+    # Epoch 1 is a new best; epochs 2 and 3 are not: the rate halves after epoch 3 (history
+    # records the rate each epoch trained with).
+    assert [round(h["learning_rate"], 4) for h in history] == [0.1, 0.1, 0.1]
+    assert trainer._learning_rate() == pytest.approx(0.05)
+    # A new Trainer on the same directory restores the reduced rate and the wait counter.
+    trainer, ds = _toy_trainer(tmp_path, keras.optimizers.Adam(0.1), plateau=(0.5, 2, 0.03))
+    history = trainer.fit(ds, 5, 4, validate=lambda m: {"auc": next(scores)}, verbose=0)
+    assert [round(h["learning_rate"], 4) for h in history] == [0.1, 0.1, 0.1, 0.05, 0.05]
+    assert trainer._learning_rate() == pytest.approx(0.03)  # halved, floored at the minimum
+
+
+def test_plateau_refuses_a_scheduled_learning_rate(tmp_path):
+    schedule = keras.optimizers.schedules.CosineDecay(0.1, 10)
+    with pytest.raises(ValueError, match="plateau needs a constant optimizer learning rate"):
+        _toy_trainer(tmp_path, keras.optimizers.Adam(schedule), plateau=(0.5, 2, 0.0))
+
+
+def test_cosine_schedule_and_tensorboard_scalars(tmp_path):
+    from training_child import read_scalars
+    options = configs.tiny().classifier
+    options.lr_schedule, options.epochs, options.min_learning_rate = "cosine", 2, 1e-4
+    optimizer = train._make_optimizer(options, steps_per_epoch=2, policy="float32")
+    trainer, ds = _toy_trainer(tmp_path, optimizer)
+    trainer.fit(ds, 2, 4, validate=lambda m: {"auc": 0.5, "auroc_Hernia": 0.7}, verbose=0)
+    board = os.path.join(str(tmp_path), loop.TENSORBOARD)
+    lrs = read_scalars(board, "train/learning_rate")
+    assert sorted(lrs) == [1, 2, 3, 4]
+    assert lrs[1] < options.learning_rate and lrs[4] == pytest.approx(1e-4)
+    assert list(lrs.values()) == sorted(lrs.values(), reverse=True)
+    assert sorted(read_scalars(board, "train/loss")) == [1, 2, 3, 4]
+    # Not for the first step of an epoch (iterator start-up, tracing).
+    assert sorted(read_scalars(board, "train/images_per_second")) == [2, 4]
+    assert read_scalars(board, "validation/auroc_Hernia") == {2: pytest.approx(0.7),
+                                                              4: pytest.approx(0.7)}
+
+
+# ------------------------------------------------------------------ mixed precision
+
+@pytest.mark.slow
+def test_mixed_precision_classifier_trains_in_bfloat16_and_saves_float32(
+        tiny_builder, tiny_segmenter_path, tmp_path):
+    from cxr_tf.models import load_model
+    config = configs.tiny()
+    config.classifier.mixed_precision = True
+    config.classifier.class_weighting = "positive"
+    config.classifier.checkpoint_every_steps = 4
+    path = train.train_classifier(config, tiny_builder, str(tmp_path),
+                                  segmenter_path=tiny_segmenter_path, verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    with open(tmp_path / train.EXPERIMENT) as f:
+        experiment = json.load(f)
+    assert experiment["dtype_policy"] == "mixed_bfloat16"
+    assert len(experiment["positive_class_weights"]) == 14
+    with open(tmp_path / loop.HISTORY) as f:
+        assert np.isfinite(json.load(f)[0]["loss"])
+    model = load_model(path)
+    stack, policies = [model], set()
+    while stack:
+        layer = stack.pop()
+        policies.add(layer.dtype_policy.name)
+        stack.extend(getattr(layer, "layers", []))
+    assert policies == {"float32"}
+    probs = model.predict(np.random.default_rng(0).random((2, 64, 64, 1), "float32"), verbose=0)
+    assert probs.dtype == np.float32 and np.all((probs >= 0) & (probs <= 1))
+
+
+def test_loss_scale_optimizer_step_under_float16(tmp_path):
+    """The float16 path (GPU policy) through the loop, on a toy model: the loss is scaled."""
+    with train._dtype_policy("mixed_float16"):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(4),
+                                  keras.layers.BatchNormalization(),
+                                  keras.layers.Dense(1, dtype="float32")])
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1))
+        trainer = loop.Trainer(model, keras.losses.mean_squared_error, optimizer,
+                               tf.distribute.get_strategy(), str(tmp_path), "auc",
+                               save_model_fn=train._float32_saver("mixed_float16"))
+        before = [w.copy() for w in model.get_weights()]
+        ds = tf.data.Dataset.from_tensor_slices((np.ones((8, 2), "float32"),
+                                                 np.full((8, 1), 3.0, "float32"))).batch(4)
+        history = trainer.fit(ds, 1, 4, validate=lambda m: {"auc": 1.0}, verbose=0)
+    assert np.isfinite(history[0]["loss"])
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    from training_child import read_scalars
+    scales = read_scalars(os.path.join(str(tmp_path), loop.TENSORBOARD), "train/loss_scale")
+    assert scales and all(v > 1 for v in scales.values())

@@ -1,0 +1,123 @@
+"""Child processes of the distributed-training and resume tests (not a test module).
+
+Device layout and TF_CONFIG must be fixed before TensorFlow initialises, so these runs happen in
+fresh interpreters:
+
+  python tests/training_child.py trajectory OUT DATA_ROOT SEGMENTER RUN...
+      With two logical CPU devices, trains the tiny classifier once per RUN ("default",
+      "mirrored", "mirrored_nosync") into OUT/RUN and writes OUT/RUN/trajectory.json
+      (per-step training losses read back from its TensorBoard logs).
+  python tests/training_child.py worker OUT DATA_ROOT SEGMENTER
+      One worker of a MultiWorkerMirroredStrategy cluster (TF_CONFIG set by the parent): trains
+      the tiny classifier into OUT/work and saves its final weights to OUT/weights_<index>.npz.
+  python tests/training_child.py binary KILL_AT_CHECKPOINT SIGNAL -- BINARY_FLAGS...
+      Runs the cxr-train-classifier binary; when it is about to write checkpoint number
+      KILL_AT_CHECKPOINT, sends itself SIGNAL ("KILL": dies there, that checkpoint unwritten;
+      "TERM": a preemption notice, handled by TensorFlow's PreemptionCheckpointHandler).
+      KILL_AT_CHECKPOINT 0 never signals.
+"""
+
+import json
+import os
+import signal
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import pipelines  # noqa: E402,F401  (TensorFlow environment defaults, before TensorFlow loads)
+
+
+def _tiny_config(epochs=2):
+    from cxr_tf import configs
+    config = configs.tiny()
+    config.classifier.epochs = epochs
+    return config
+
+
+def _builder(config, data_root):
+    from cxr_tf import workflow
+    return workflow.build_data(config, data_root)
+
+
+def read_scalars(event_dir, tag):
+    """{step: value} of one scalar tag in a TensorBoard log directory."""
+    import tensorflow as tf
+    values = {}
+    for name in sorted(os.listdir(event_dir)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(event_dir, name)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[int(event.step)] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
+def trajectory(out, data_root, segmenter, runs):
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from cxr_tf.training import strategies, train
+    for run in runs:
+        config = _tiny_config()
+        config.classifier.sync_batch_norm = run == "mirrored"
+        config.classifier.jit_compile = run.startswith("mirrored")  # must warn and go on
+        strategy = strategies.make_strategy("default" if run == "default" else "mirrored")
+        work = os.path.join(out, run)
+        train.train_classifier(config, _builder(config, data_root), work,
+                               segmenter_path=segmenter, strategy=strategy, verbose=0)
+        losses = read_scalars(os.path.join(work, "tensorboard"), "train/loss")
+        with open(os.path.join(work, "experiment.json")) as f:
+            experiment = json.load(f)
+        with open(os.path.join(work, "trajectory.json"), "w") as f:
+            json.dump({"replicas": strategy.num_replicas_in_sync, "losses": losses,
+                       "jit_compile": experiment["jit_compile"]}, f)
+
+
+def worker(out, data_root, segmenter):
+    import numpy as np
+    from cxr_tf.training import loop, strategies, train
+    strategy = strategies.make_strategy("multi_worker")
+    fit = loop.Trainer.fit
+
+    def fit_and_dump(self, *args, **kwargs):
+        history = fit(self, *args, **kwargs)
+        np.savez(os.path.join(out, f"weights_{strategies.task_id(self.strategy)}.npz"),
+                 *[np.asarray(w) for w in self.model.get_weights()])
+        return history
+
+    loop.Trainer.fit = fit_and_dump
+    config = _tiny_config()
+    config.classifier.checkpoint_every_steps = 2
+    train.train_classifier(config, _builder(config, data_root), os.path.join(out, "work"),
+                           segmenter_path=segmenter, strategy=strategy, verbose=0)
+
+
+def binary(kill_at, signame, argv):
+    import tensorflow as tf
+    save = tf.train.CheckpointManager.save
+
+    def save_or_die(self, checkpoint_number=None, **kwargs):
+        if kill_at and checkpoint_number == kill_at:
+            os.kill(os.getpid(), getattr(signal, f"SIG{signame}"))
+            if signame == "TERM":  # handled: training goes on to the next step, then exits
+                return save(self, checkpoint_number=checkpoint_number, **kwargs)
+        return save(self, checkpoint_number=checkpoint_number, **kwargs)
+
+    tf.train.CheckpointManager.save = save_or_die
+    from pipelines import train_classifier
+    sys.argv = ["cxr-train-classifier", *argv]
+    train_classifier.run()
+
+
+if __name__ == "__main__":
+    import logging
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("cxr_tf").setLevel(logging.INFO)
+    mode = sys.argv[1]
+    if mode == "trajectory":
+        trajectory(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
+    elif mode == "worker":
+        worker(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif mode == "binary":
+        sep = sys.argv.index("--")
+        binary(int(sys.argv[2]), sys.argv[3], sys.argv[sep + 1:])
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
