@@ -48,6 +48,7 @@ setup(
             "cxr-train-segmenter=pipelines.train_segmenter:run",
             "cxr-train-classifier=pipelines.train_classifier:run",
             "cxr-evaluate=pipelines.evaluate:run",
+            "cxr-ablation=pipelines.ablation:run",
             "cxr-export=pipelines.export:run",
             "cxr-predict=pipelines.predict:run",
         ],

@@ -1,10 +1,36 @@
-"""Evaluates a trained classifier (and segmenter) on a data set split.
+"""Evaluates a trained classifier (.keras or exported SavedModel) and/or a segmenter on a split.
 
-Writes WORK_DIR/eval/report.json, report.md and predictions.csv (or --out_dir): per-class AUROC
-with 95% bootstrap intervals, thresholds chosen on the validation split with sensitivity,
-specificity, PPV and F1 at them, and Dice/IoU per structure.
-  cxr-evaluate --work_dir=work                 # test split, models in WORK_DIR
-  cxr-evaluate --work_dir=work --split=validation --model=other/best.keras
+What it measures (written to --out_dir, default WORK_DIR/eval):
+  report.json / report.md   per-class AUROC and mean with 95% percentile-bootstrap intervals
+                            (fixed seed), in the layout of Fang et al. (2021) Table 2 with the
+                            paper's published means beside ours (marked: not measured here);
+                            per-class thresholds chosen on the VALIDATION split by Youden's J,
+                            with sensitivity, specificity, PPV and F1 on the evaluated split;
+                            calibration (Brier score, expected calibration error); CAM
+                            localisation; Dice and IoU per structure.
+  roc.png, reliability.png  ROC curves of all 14 classes; pooled reliability diagram.
+  predictions.csv           one row per image: id, 14 probabilities, 14 labels.
+  cam_overlays/*.png        image, class activation map, feature mask, true and CAM boxes.
+  localisation_boxes.json   every ground-truth box with its CAM box and IoU (data with boxes).
+
+Localisation: on data sets with ground-truth boxes (chestxray14: its `bbox` split, built from
+BBox_List_2017.csv), a box is predicted from the CAM of the true class by a stated non-oracle rule
+(CAM upsampled, normalised to [0, 1], thresholded at --cam_threshold, the connected component
+holding the peak) and scored by IoU, with the share of boxes found at IoU >= 0.1, 0.25, 0.5.
+
+Examples:
+  # the model trained in WORK_DIR, on its test split (config from classifier/experiment.json)
+  cxr-evaluate --work_dir=work
+  # another split, another model, no segmenter
+  cxr-evaluate --work_dir=work --split=validation --model=other/best.keras --segmenter_model=none
+  # an exported SavedModel (version dir or export base dir); the data set comes from
+  # --config and the data flags, since a SavedModel carries no training config
+  cxr-evaluate --work_dir=work --model=work/export/1 --config=demo
+  # ChestX-ray14 with boxes
+  cxr-evaluate --work_dir=cx14 --config=paper --model=cx14/export --manual_dir=/data/cxr14
+  # only a segmenter, on JSRT/SCR masks
+  cxr-evaluate --work_dir=w --model=none --segmenter_model=w/segmenter/best.keras \
+      --segmentation_dataset=jsrt_scr --segmentation_manual_dir=/data/jsrt
 """
 
 import os
@@ -14,35 +40,103 @@ from absl import app, flags
 from pipelines import flags as cxr_flags
 
 cxr_flags.define_common()
-flags.DEFINE_string("model", None, "Classifier .keras file (default WORK_DIR/classifier/"
-                    "best.keras). Its directory's experiment.json gives the preprocessing.")
-flags.DEFINE_string("segmenter_model", None, "Segmenter .keras file to score on the split "
-                    "(default WORK_DIR/segmenter/best.keras when it exists; 'none' skips).")
-flags.DEFINE_string("split", "test", "Split to evaluate.")
+flags.DEFINE_string("model", None, "Classifier to evaluate: a .keras file (its directory's "
+                    "experiment.json gives the data set and preprocessing), or an exported "
+                    "SavedModel version directory or export base directory (data set from "
+                    "--config and the data flags). Default WORK_DIR/classifier/best.keras; "
+                    "'none' evaluates only the segmenter.")
+flags.DEFINE_enum("signature", "predict_pixels", ["predict_pixels", "serving_default"],
+                  "SavedModel signature: predict_pixels (float images) or serving_default "
+                  "(images PNG-encoded first: the full serving path, decoding included).")
+flags.DEFINE_string("segmenter_model", None, "Segmenter .keras file to score with Dice and IoU "
+                    "per structure (default WORK_DIR/segmenter/best.keras when it exists; "
+                    "'none' skips).")
+flags.DEFINE_string("split", "test", "Split to evaluate. Thresholds always come from the "
+                    "'validation' split.")
 flags.DEFINE_string("out_dir", None, "Report directory (default WORK_DIR/eval).")
-flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the intervals (0: none).")
+flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the intervals (0: none).",
+                     lower_bound=0)
+flags.DEFINE_float("cam_threshold", 0.5, "Box rule: fraction of the normalised CAM maximum a "
+                   "pixel must reach to belong to the box's connected component.",
+                   lower_bound=0.01, upper_bound=1.0)
+flags.DEFINE_integer("overlays", 24, "Number of CAM overlay PNGs (0: none).", lower_bound=0)
+flags.DEFINE_string("box_split", None, "Split with ground-truth boxes for localisation (default "
+                    "'bbox' when the data set has it, else --split).")
+flags.DEFINE_string("segmentation_dataset", None, "Data set for the segmenter's scores (default: "
+                    "the evaluated data set; e.g. jsrt_scr, montgomery, synthetic_cxr).")
+flags.DEFINE_string("segmentation_split", None, "Split for the segmenter's scores (default "
+                    "--split).")
+flags.DEFINE_string("segmentation_manual_dir", None, "Raw download of --segmentation_dataset "
+                    "(real data sets only).")
 flags.adopt_module_key_flags(cxr_flags)
 
 
+def _config_for(model):
+    """The ExperimentConfig: from a .keras run's experiment.json, else the --config preset."""
+    from absl import logging
+
+    from cxr_tf import workflow
+    if model and model.endswith(".keras"):
+        run_dir = os.path.dirname(os.path.abspath(model))
+        try:
+            base, _ = workflow.load_experiment(run_dir)
+        except FileNotFoundError:
+            logging.warning("No experiment.json beside %s: using --config=%s and the data flags",
+                            model, flags.FLAGS.config)
+            base = None
+        return cxr_flags.experiment_config(base)
+    return cxr_flags.experiment_config()
+
+
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     cxr_flags.setup_logging()
+    import copy
+
     from cxr_tf import workflow
     f = flags.FLAGS
     model = f.model or workflow.best_model(workflow.classifier_dir(f.work_dir))
-    base, _ = workflow.load_experiment(os.path.dirname(os.path.abspath(model)))
-    config = cxr_flags.experiment_config(base)
+    if model == "none":
+        model = None
+    elif not os.path.exists(model):
+        raise app.UsageError(f"--model {model} does not exist (train first, or give a .keras "
+                             f"file or an exported SavedModel directory)")
     segmenter = f.segmenter_model
     if segmenter is None:
         default = workflow.best_model(workflow.subdir(f.work_dir, workflow.SEGMENTER_DIR))
         segmenter = default if os.path.exists(default) else None
     elif segmenter == "none":
         segmenter = None
+    if model is None and segmenter is None:
+        raise app.UsageError("Nothing to evaluate: --model=none and no segmenter")
+    config = _config_for(model)
     builder = workflow.build_data(config, cxr_flags.data_dir(), manual_dir=f.manual_dir)
+    seg_builder = None
+    if f.segmentation_dataset:
+        seg_config = copy.deepcopy(config)
+        seg_config.data.dataset = f.segmentation_dataset
+        seg_builder = workflow.build_data(seg_config, cxr_flags.data_dir(),
+                                          manual_dir=f.segmentation_manual_dir)
     out_dir = f.out_dir or workflow.subdir(f.work_dir, workflow.EVAL_DIR)
     report = workflow.evaluate(model, builder, config, out_dir, split=f.split,
-                               segmenter_path=segmenter, n_resamples=f.bootstrap)
-    print(f"mean AUROC {report['classification']['mean_auroc']:.4f}")
+                               segmenter_path=segmenter, n_resamples=f.bootstrap,
+                               signature=f.signature, box_split=f.box_split,
+                               cam_threshold=f.cam_threshold, max_overlays=f.overlays,
+                               seg_builder=seg_builder, seg_split=f.segmentation_split)
+    if "classification" in report:
+        clf = report["classification"]
+        lo, hi = clf["mean_auroc_ci"]
+        ci = f" (95% CI {lo:.4f}-{hi:.4f})" if lo is not None else ""
+        print(f"mean AUROC {clf['mean_auroc']:.4f}{ci}")
+    if "localisation" in report:
+        loc = report["localisation"]["overall"]
+        if loc["n_boxes"]:
+            print(f"localisation {loc['n_boxes']} boxes, mean IoU {loc['mean_iou']:.4f}, "
+                  + ", ".join(f"IoU>={t} {v:.3f}" for t, v in loc["hit_rate"].items()))
+    if "segmentation" in report:
+        print("segmentation Dice " + ", ".join(
+            f"{k} {v['dice']:.4f}" for k, v in report["segmentation"]["structures"].items()))
     print(f"report {os.path.join(out_dir, 'report.md')}")
 
 

@@ -1,5 +1,7 @@
 """Running a model over a dataset and collecting its outputs as numpy arrays."""
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -43,3 +45,277 @@ def collect(model, dataset, outputs_key=None):
     if ids:
         result["ids"] = ids
     return result
+
+
+# ---- Classifiers as evaluation sees them: a .keras model or an exported SavedModel -----------
+
+SAVED_MODEL_SIGNATURES = ("predict_pixels", "serving_default")
+
+
+class Predictor:
+    """A trained classifier behind one interface, whatever its format.
+
+    Call it with a batch of images as stored in a data set, (B, H, W, 1) float32 in [0, 1]; it
+    resizes and centre-crops them to the model input exactly as training, evaluation and serving
+    do (`cxr_tf.data.preprocessing.resize_and_crop`) and returns a dict of numpy arrays:
+      - "probabilities" (B, C);
+      - "class_activation_maps" (B, h, w, C): per-cell head logits on the feature grid;
+      - "mask_coverage" (B,);
+      - "grid_mask" (B, h, w, 1), the lung-and-heart mask applied to the features (only where
+        the format exposes it: .keras models).
+
+    Attributes:
+      source: "keras" or "saved_model".
+      path: where the model was loaded from (None for an in-memory model).
+      input_size, resize_size: model input side and the resize side before the centre crop.
+      label_names: class names in output order (checked against cxr_tf.labels.FINDINGS).
+      name: the model's name (its variant, e.g. "cxr_irnet").
+      feature_weighting: whether the model weights features by the lung-and-heart mask.
+    """
+
+    source = None
+
+    def __init__(self, path, input_size, resize_size, label_names, name, feature_weighting):
+        from cxr_tf import labels as labels_lib
+        labels_lib.check_label_names(label_names, what=f"classifier {path or name}")
+        self.path = path
+        self.input_size = int(input_size)
+        self.resize_size = int(resize_size or input_size)
+        if self.resize_size < self.input_size:
+            raise ValueError(f"resize_size ({self.resize_size}) must be >= the model input size "
+                             f"({self.input_size})")
+        self.label_names = tuple(label_names)
+        self.name = name
+        self.feature_weighting = bool(feature_weighting)
+
+    def model_inputs(self, images):
+        """The images as the model sees them: (B, input_size, input_size, 1) numpy float32."""
+        from cxr_tf.data import preprocessing
+        return preprocessing.resize_and_crop(tf.convert_to_tensor(images, tf.float32),
+                                             self.input_size, self.resize_size).numpy()
+
+    def describe(self):
+        """A JSON-ready description for reports."""
+        return {"source": self.source, "path": self.path, "name": self.name,
+                "input_size": self.input_size, "resize_size": self.resize_size,
+                "feature_weighting": self.feature_weighting}
+
+    def __call__(self, images):
+        raise NotImplementedError
+
+
+class KerasPredictor(Predictor):
+    """A CXRClassifier in memory (or loaded from .keras), run through its explain_model()."""
+
+    source = "keras"
+
+    def __init__(self, model, resize_size=None, path=None):
+        from cxr_tf.data import preprocessing
+        from cxr_tf.models import classifier as classifier_lib
+        if not isinstance(model, classifier_lib.CXRClassifier):
+            raise TypeError(f"KerasPredictor needs a cxr_tf CXRClassifier, got "
+                            f"{type(model).__name__}")
+        super().__init__(path, model.input_size, resize_size, model.label_names, model.name,
+                         model.feature_weighting)
+        self.model = model
+        explain = model.explain_model()
+        size, resize = self.input_size, self.resize_size
+
+        @tf.function(reduce_retracing=True)
+        def run(images):
+            return explain(preprocessing.resize_and_crop(images, size, resize), training=False)
+
+        self._run = run
+
+    def __call__(self, images):
+        out = self._run(tf.convert_to_tensor(images, tf.float32))
+        return {k: np.asarray(v) for k, v in out.items()}
+
+
+class SavedModelPredictor(Predictor):
+    """A SavedModel written by cxr_tf.serving.export, called through one of its signatures.
+
+    `predict_pixels` (default) takes the float images directly; `serving_default` takes encoded
+    PNG bytes, so the images are PNG-encoded first (8-bit: lossless for the 8-bit images every
+    cxr_tf data set stores), exercising the full serving path including decoding.
+    """
+
+    source = "saved_model"
+
+    def __init__(self, path, signature="predict_pixels"):
+        from cxr_tf.serving import export as export_lib
+        if signature not in SAVED_MODEL_SIGNATURES:
+            raise ValueError(f"signature must be one of {SAVED_MODEL_SIGNATURES}, got "
+                             f"{signature!r}")
+        loaded, meta = export_lib.load_exported(path)
+        super().__init__(path, meta["input_size"], meta["resize_size"], meta["label_names"],
+                         meta.get("model_name", "saved_model"), meta.get("feature_weighting", True))
+        self.signature = signature
+        self.metadata = meta
+        self._loaded = loaded  # keeps the signature's variables alive
+        self._fn = loaded.signatures[signature]
+
+    def describe(self):
+        return {**super().describe(), "signature": self.signature,
+                "version": self.metadata.get("version")}
+
+    def __call__(self, images):
+        from cxr_tf.models import classifier as classifier_lib
+        images = tf.convert_to_tensor(images, tf.float32)
+        if self.signature == "predict_pixels":
+            out = self._fn(images=images)
+        else:
+            pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+            pngs = tf.map_fn(tf.io.encode_png, pixels, fn_output_signature=tf.string)
+            out = self._fn(image_bytes=pngs)
+        keep = (classifier_lib.PROBABILITIES, classifier_lib.CAMS, classifier_lib.MASK_COVERAGE)
+        return {k: out[k].numpy() for k in keep}
+
+
+def resolve_saved_model(path):
+    """A SavedModel version directory from `path`: the directory itself when it holds
+    saved_model.pb, else its highest numeric version subdirectory (the one TF Serving serves).
+
+    Raises:
+      FileNotFoundError: when neither is there.
+    """
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = sorted((int(d) for d in os.listdir(path)
+                       if d.isdigit() and os.path.exists(os.path.join(path, d, "saved_model.pb"))))
+    if not versions:
+        raise FileNotFoundError(f"{path} is neither a SavedModel version directory (with "
+                                f"saved_model.pb) nor an export base directory holding numeric "
+                                f"version directories")
+    return os.path.join(path, str(versions[-1]))
+
+
+def load_predictor(path, resize_size=None, signature="predict_pixels"):
+    """Loads a classifier for evaluation from a .keras file or an exported SavedModel.
+
+    Args:
+      path: a `.keras` file saved by cxr_tf training, or a SavedModel version directory (or its
+        export base directory: the highest version is used).
+      resize_size: for .keras models, the resize side before the centre crop (the training
+        setting, e.g. from the run's experiment.json); default: the model input size. A
+        SavedModel carries its own.
+      signature: for SavedModels, "predict_pixels" or "serving_default".
+
+    Raises:
+      FileNotFoundError: when `path` does not exist.
+      ValueError: when it holds something other than a cxr_tf classifier.
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Model not found: {path} (expected a .keras classifier or an "
+                                f"exported SavedModel directory)")
+    if os.path.isdir(path):
+        return SavedModelPredictor(resolve_saved_model(path), signature=signature)
+    if not path.endswith(".keras"):
+        raise ValueError(f"{path} is neither a .keras file nor a SavedModel directory")
+    from cxr_tf.models import classifier as classifier_lib
+    model = classifier_lib.load_model(path)
+    if not isinstance(model, classifier_lib.CXRClassifier):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a classifier (to score a "
+                         f"segmenter, pass it as the segmenter model)")
+    return KerasPredictor(model, resize_size=resize_size, path=path)
+
+
+def examples_dataset(builder, split, batch_size=64, with_boxes=False):
+    """Batches of a split as stored (no resizing: predictors preprocess themselves).
+
+    Each element is a dict: "image" (B, H, W, 1) float32 in [0, 1], "labels" (B, 14) float32,
+    "image_id" (B,) string and, with `with_boxes`, "boxes" (B, N, 4) float32 [x, y, w, h] in
+    pixels of the stored image and "box_labels" (B, N) int32 finding indices, padded with -1.
+    """
+    from cxr_tf.data import datasets
+    from cxr_tf.data import features as fk
+    from cxr_tf.data import preprocessing
+
+    examples = datasets.load_split(builder, split)
+    if with_boxes:
+        missing = [k for k in (fk.BOXES, fk.BOX_LABELS) if k not in builder.info.features]
+        if missing:
+            raise ValueError(f"{builder.info.full_name} has no box features ({', '.join(missing)}"
+                             f"): localisation needs a data set with ground-truth boxes")
+
+    def parse(ex):
+        out = {"image": preprocessing.to_float(ex[fk.IMAGE]),
+               "labels": tf.cast(ex[fk.LABELS], tf.float32), "image_id": ex[fk.IMAGE_ID]}
+        if with_boxes:
+            out["boxes"] = tf.reshape(tf.cast(ex[fk.BOXES], tf.float32), [-1, 4])
+            out["box_labels"] = tf.cast(ex[fk.BOX_LABELS], tf.int32)
+        return out
+
+    ds = examples.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if with_boxes:
+        ds = ds.padded_batch(batch_size, padding_values={
+            "image": 0.0, "labels": 0.0, "image_id": "", "boxes": 0.0, "box_labels": -1})
+    else:
+        ds = ds.batch(batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def predict(predictor, dataset, keep_cams=False):
+    """Runs a Predictor over `examples_dataset` batches.
+
+    Returns:
+      dict with "probabilities" (N, C), "labels" (N, C), "ids" (list of str), "mask_coverage"
+      (N,) and, with `keep_cams`, "class_activation_maps" (N, h, w, C).
+    """
+    from cxr_tf.models import classifier as classifier_lib
+    probs, labels, ids, coverage, cams = [], [], [], [], []
+    for batch in dataset:
+        out = predictor(batch["image"])
+        probs.append(out[classifier_lib.PROBABILITIES])
+        coverage.append(out[classifier_lib.MASK_COVERAGE])
+        if keep_cams:
+            cams.append(out[classifier_lib.CAMS])
+        labels.append(batch["labels"].numpy())
+        ids.extend(s.decode() for s in batch["image_id"].numpy())
+    if not probs:
+        raise ValueError("The evaluation dataset is empty: nothing to evaluate")
+    result = {"probabilities": np.concatenate(probs).astype(np.float64),
+              "labels": np.concatenate(labels), "ids": ids,
+              "mask_coverage": np.concatenate(coverage)}
+    if keep_cams:
+        result["class_activation_maps"] = np.concatenate(cams)
+    return result
+
+
+def segmentation_dataset(builder, split, size, batch_size=64):
+    """(image, masks) batches of a split with masks, at the segmenter's input size.
+
+    Data sets with `masks` (left lung, right lung, heart) give all three structures; lungs-only
+    data sets (`lung_masks`, e.g. Montgomery) give the two lungs. Images and masks are resized
+    together exactly as for training (cxr_tf.data.preprocessing.resize_and_crop), masks
+    binarised at 0.5.
+
+    Returns:
+      (dataset, structure names of the mask channels).
+    """
+    from cxr_tf import labels as labels_lib
+    from cxr_tf.data import datasets
+    from cxr_tf.data import features as fk
+    from cxr_tf.data import preprocessing
+
+    features = builder.info.features
+    if fk.MASKS in features:
+        key, structures = fk.MASKS, labels_lib.STRUCTURES
+    elif fk.LUNG_MASKS in features:
+        key, structures = fk.LUNG_MASKS, fk.LUNG_STRUCTURES
+    else:
+        raise ValueError(f"{builder.info.full_name} has no segmentation masks ({fk.MASKS!r} or "
+                         f"{fk.LUNG_MASKS!r}); score the segmenter on a data set with masks, "
+                         f"e.g. synthetic_cxr or jsrt_scr")
+    n = len(structures)
+
+    def parse(ex):
+        image = preprocessing.to_float(ex[fk.IMAGE])
+        masks = tf.cast(ex[key], tf.float32) / 255.0
+        stacked = preprocessing.resize_and_crop(tf.concat([image, masks], axis=-1), size)
+        masks = tf.ensure_shape(tf.cast(stacked[..., 1:] >= 0.5, tf.float32), [size, size, n])
+        return stacked[..., :1], masks
+
+    ds = datasets.load_split(builder, split).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), tuple(structures)

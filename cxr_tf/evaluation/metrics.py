@@ -86,6 +86,55 @@ def segmentation_scores(masks_true, masks_pred, structure_names, threshold=0.5):
     return scores
 
 
+def auroc_rows(y_true, y_score):
+    """AUROC along the last axis for many score vectors at once (the bootstrap's statistic).
+
+    Uses the Mann-Whitney identity AUROC = (R+ - n+(n+ + 1)/2) / (n+ n-), R+ the sum of the
+    positives' mid-ranks from scipy.stats.rankdata (ties count one half, as in
+    sklearn.metrics.roc_auc_score, which this equals: see tests/test_metrics.py). It exists for
+    speed only: one vectorised call scores thousands of resamples, where roc_auc_score costs
+    milliseconds per call. Point estimates use roc_auc_score (`auroc_per_class`).
+
+    Args:
+      y_true: (..., N) binary labels.
+      y_score: (..., N) scores.
+
+    Returns:
+      (...) AUROCs; NaN where a row has no positive or no negative.
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    ranks = stats.rankdata(np.asarray(y_score, dtype=float), axis=-1)
+    n_pos = y_true.sum(axis=-1).astype(float)
+    n_neg = y_true.shape[-1] - n_pos
+    rank_sum = np.where(y_true, ranks, 0.0).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def _resampled_auroc(y_true, y_score, idx):
+    """(C + 1, B) per-class AUROC and their mean over defined classes, for (B, N) row indices."""
+    per_class = np.stack([auroc_rows(y_true[:, c][idx], y_score[:, c][idx])
+                          for c in range(y_true.shape[1])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all classes undefined -> NaN mean
+        mean = np.nanmean(per_class, axis=0)
+    return np.concatenate([per_class, mean[None]], axis=0)
+
+
+def _bootstrap(n_rows, n_columns, statistic, n_resamples, confidence, seed):
+    """scipy.stats.bootstrap over row indices, vectorised, in memory-bounded batches."""
+    batch = int(max(1, min(n_resamples, 2e7 // max(1, n_rows * n_columns))))
+    with warnings.catch_warnings():
+        # scipy warns when some resamples are undefined (NaN); callers count them instead.
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.bootstrap((np.arange(n_rows),), statistic, vectorized=True, batch=batch,
+                              n_resamples=n_resamples, method="percentile", random_state=seed,
+                              confidence_level=confidence)
+    return np.asarray(res.bootstrap_distribution, dtype=float)
+
+
 def bootstrap_auroc(y_true, y_score, n_resamples=1000, confidence=0.95, seed=0):
     """Percentile bootstrap confidence intervals of per-class AUROC and of the mean AUROC.
 
@@ -101,15 +150,15 @@ def bootstrap_auroc(y_true, y_score, n_resamples=1000, confidence=0.95, seed=0):
     """
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score)
+    if y_true.shape != y_score.shape or y_true.ndim != 2:
+        raise ValueError(f"y_true and y_score must both be (N, C); got {y_true.shape} and "
+                         f"{y_score.shape}")
 
-    def statistic(idx):
-        per_class = auroc_per_class(y_true[idx], y_score[idx])
-        return np.append(per_class, mean_auroc(per_class))
+    def statistic(idx, axis=-1):
+        return _resampled_auroc(y_true, y_score, np.asarray(idx))
 
-    res = stats.bootstrap((np.arange(len(y_true)),), statistic, vectorized=False,
-                          n_resamples=n_resamples, method="percentile", random_state=seed,
-                          confidence_level=confidence)
-    dist = res.bootstrap_distribution  # (C + 1, n_resamples)
+    dist = _bootstrap(len(y_true), y_true.shape[1], statistic, n_resamples, confidence, seed)
+    dist = dist.reshape(y_true.shape[1] + 1, -1)  # (C + 1, n_resamples)
     alpha = (1 - confidence) / 2
     undefined = np.isnan(dist).sum(axis=1)
     with warnings.catch_warnings():
@@ -156,3 +205,134 @@ def operating_points(y_true, y_score, thresholds):
         if tp + fp + fn:
             out["f1"][c] = skm.f1_score(y_true[:, c], pred[:, c], zero_division=np.nan)
     return out
+
+
+def bootstrap_auroc_difference(y_true, score_a, score_b, n_resamples=1000, confidence=0.95,
+                               seed=0):
+    """Paired percentile-bootstrap interval of mean AUROC(a) - mean AUROC(b) on the same images.
+
+    Both models are scored on the same resampled rows in every resample (scipy.stats.bootstrap
+    with a fixed seed), so the interval reflects the pairing. Classes undefined in a resample are
+    left out of both means for that resample (they are undefined for both).
+
+    Returns:
+      dict with "difference" (on all rows, from roc_auc_score), "low", "high" and "undefined"
+      (resamples where no class was defined).
+    """
+    y_true = np.asarray(y_true)
+    score_a, score_b = np.asarray(score_a), np.asarray(score_b)
+    if not (y_true.shape == score_a.shape == score_b.shape) or y_true.ndim != 2:
+        raise ValueError(f"y_true, score_a and score_b must all be (N, C); got {y_true.shape}, "
+                         f"{score_a.shape} and {score_b.shape}")
+    point = (mean_auroc(auroc_per_class(y_true, score_a))
+             - mean_auroc(auroc_per_class(y_true, score_b)))
+
+    def statistic(idx, axis=-1):
+        idx = np.asarray(idx)
+        return (_resampled_auroc(y_true, score_a, idx)[-1]
+                - _resampled_auroc(y_true, score_b, idx)[-1])
+
+    dist = _bootstrap(len(y_true), 2 * y_true.shape[1], statistic, n_resamples, confidence,
+                      seed).ravel()
+    alpha = (1 - confidence) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(dist, [alpha, 1 - alpha])
+    return {"difference": float(point), "low": float(low), "high": float(high),
+            "undefined": int(np.isnan(dist).sum())}
+
+
+def expected_calibration_error(y_true, y_prob, n_bins=10):
+    """Expected calibration error of one class: sum over bins of (n_bin / N) |frac_pos - mean_p|.
+
+    Bins are the `n_bins` equal-width bins of [0, 1] of sklearn.calibration.calibration_curve
+    (strategy "uniform"), which supplies the per-bin fraction of positives and mean probability;
+    empty bins carry no weight.
+
+    Returns:
+      float; NaN for an empty input.
+    """
+    from sklearn.calibration import calibration_curve
+
+    y_true = np.asarray(y_true).ravel()
+    y_prob = np.asarray(y_prob, dtype=float).ravel()
+    if y_true.shape != y_prob.shape:
+        raise ValueError(f"y_true and y_prob must have the same length; got {y_true.shape} and "
+                         f"{y_prob.shape}")
+    if len(y_true) == 0:
+        return float("nan")
+    frac_pos, mean_prob = calibration_curve(y_true, y_prob, n_bins=n_bins, strategy="uniform")
+    # The same bin assignment as calibration_curve's uniform strategy, for the bin weights.
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], y_prob), minlength=n_bins)
+    counts = counts[counts > 0]
+    if len(counts) != len(frac_pos):
+        raise RuntimeError("calibration bins disagree with sklearn.calibration.calibration_curve")
+    return float(np.sum(counts / len(y_true) * np.abs(frac_pos - mean_prob)))
+
+
+def calibration_summary(y_true, y_prob, n_bins=10):
+    """How well probabilities match observed frequencies, per class and pooled over classes.
+
+    Args:
+      y_true: (N, C) binary labels.
+      y_prob: (N, C) probabilities in [0, 1].
+      n_bins: equal-width bins for the expected calibration error and reliability curve.
+
+    Returns:
+      dict with "brier" and "ece" (C,) arrays (sklearn.metrics.brier_score_loss; ECE as in
+      `expected_calibration_error`), "mean_brier", "mean_ece" (means over classes),
+      "pooled_ece" and "reliability" (the pooled reliability curve over all N * C
+      probabilities from sklearn.calibration.calibration_curve: "mean_predicted",
+      "fraction_positive", "count" per non-empty bin), and "n_bins".
+    """
+    from sklearn.calibration import calibration_curve
+
+    y_true = np.asarray(y_true)
+    y_prob = np.asarray(y_prob, dtype=float)
+    if y_true.shape != y_prob.shape or y_true.ndim != 2:
+        raise ValueError(f"y_true and y_prob must both be (N, C); got {y_true.shape} and "
+                         f"{y_prob.shape}")
+    if np.any(y_prob < 0) or np.any(y_prob > 1):
+        raise ValueError("calibration needs probabilities in [0, 1]")
+    n_classes = y_true.shape[1]
+    brier = np.array([skm.brier_score_loss(y_true[:, c], y_prob[:, c], labels=[0, 1])
+                      for c in range(n_classes)])
+    ece = np.array([expected_calibration_error(y_true[:, c], y_prob[:, c], n_bins)
+                    for c in range(n_classes)])
+    flat_t, flat_p = y_true.ravel(), y_prob.ravel()
+    frac_pos, mean_prob = calibration_curve(flat_t, flat_p, n_bins=n_bins, strategy="uniform")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], flat_p), minlength=n_bins)
+    return {"brier": brier, "ece": ece, "mean_brier": float(brier.mean()),
+            "mean_ece": float(ece.mean()),
+            "pooled_ece": expected_calibration_error(flat_t, flat_p, n_bins),
+            "reliability": {"mean_predicted": mean_prob, "fraction_positive": frac_pos,
+                            "count": counts[counts > 0]},
+            "n_bins": int(n_bins)}
+
+
+def box_iou(box_a, box_b):
+    """Intersection over union of axis-aligned boxes given as [x, y, w, h] (any float units).
+
+    Args:
+      box_a, box_b: (4,) or (N, 4) arrays (broadcast against each other).
+
+    Returns:
+      IoU as a float (or (N,) array); 0 where the union is empty.
+    """
+    a = np.asarray(box_a, dtype=float)
+    b = np.asarray(box_b, dtype=float)
+    if a.shape[-1] != 4 or b.shape[-1] != 4:
+        raise ValueError(f"boxes must be [x, y, w, h]; got shapes {a.shape} and {b.shape}")
+    if np.any(a[..., 2:] < 0) or np.any(b[..., 2:] < 0):
+        raise ValueError("box widths and heights must be >= 0")
+    ix = np.clip(np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2])
+                 - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    iy = np.clip(np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3])
+                 - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = ix * iy
+    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / union, 0.0)
+    return float(iou) if iou.ndim == 0 else iou

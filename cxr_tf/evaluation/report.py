@@ -27,6 +27,14 @@ PAPER_MEAN_AUROC = {
     "CheXNet": 0.8105,
     "DCNN (ResNet-50)": 0.7934,
 }
+# Fang et al. (2021): CAM box IoU, computed by the authors with boxes of the GROUND-TRUTH size placed
+# at CAM peaks (an oracle of the box size): not comparable with cxr_tf's non-oracle boxes.
+PAPER_ORACLE_BOX_IOU = {"with multi-scale attention": 0.3014, "without": 0.2437}
+# Column order of the published AUROC table (baselines first, as in Table 2).
+PAPER_COLUMNS = ("DCNN (ResNet-50)", "CheXNet", "CXR-IRNet without F_l", "CXR-IRNet")
+ROC_PNG = "roc.png"
+RELIABILITY_PNG = "reliability.png"
+OVERLAY_DIR = "cam_overlays"
 PAPER_CITATION = ("Fang et al., Weighing Features of Lung and Heart Regions for Thoracic Disease "
                   "Classification, BMC Medical Imaging 2021, Table 2")
 
@@ -37,29 +45,31 @@ def _num(x):
     return None if math.isnan(x) else x
 
 
-def evaluate_classifier(model, eval_ds, val_ds=None, n_resamples=1000, seed=0):
-    """Scores a classifier on `eval_ds`, with thresholds chosen on `val_ds`.
+def classification_report(y, p, thresholds=None, threshold_rule=None, n_resamples=1000, seed=0,
+                          n_bins=10):
+    """Scores (N, 14) probabilities `p` against labels `y` (no model involved).
 
     Args:
-      model: a Keras classifier returning (B, 14) probabilities, or any callable doing so.
-      eval_ds: (image, labels, image_id) batches of the evaluated split.
-      val_ds: (image, labels[, id]) batches of the validation split for thresholds (None: 0.5).
+      y, p: (N, 14) labels and probabilities of the evaluated split.
+      thresholds: (14,) operating thresholds, chosen on another split (default 0.5 each).
+      threshold_rule: how the thresholds were chosen (stated in the report).
       n_resamples: bootstrap resamples for the confidence intervals (0 disables them).
       seed: bootstrap seed.
+      n_bins: calibration bins.
 
     Returns:
-      (report dict, predictions dict with "ids", "labels", "probabilities").
+      the "classification" section of a report (JSON-ready dict).
     """
-    res = inference.collect(model, eval_ds)
-    y, p = res["targets"], res["outputs"]
+    y = np.asarray(y)
+    p = np.asarray(p, dtype=np.float64)
     names = labels_lib.FINDINGS
-    if val_ds is not None:
-        val = inference.collect(model, val_ds)
-        thresholds = metrics.youden_thresholds(val["targets"], val["outputs"])
-        threshold_rule = "Youden's J maximised per class on the validation split"
-    else:
+    if y.shape != p.shape or y.shape[1:] != (len(names),):
+        raise ValueError(f"labels and probabilities must both be (N, {len(names)}); got "
+                         f"{y.shape} and {p.shape}")
+    if thresholds is None:
         thresholds = np.full(len(names), 0.5)
-        threshold_rule = "0.5 for every class (no validation split given)"
+        threshold_rule = threshold_rule or "0.5 for every class (no validation split given)"
+    thresholds = np.asarray(thresholds, dtype=float)
     per_class = metrics.auroc_per_class(y, p)
     mean = metrics.mean_auroc(per_class)
     if n_resamples:
@@ -68,6 +78,7 @@ def evaluate_classifier(model, eval_ds, val_ds=None, n_resamples=1000, seed=0):
         ci = {"low": np.full(len(names) + 1, np.nan), "high": np.full(len(names) + 1, np.nan),
               "undefined": np.zeros(len(names) + 1, int)}
     ops = metrics.operating_points(y, p, thresholds)
+    calibration = metrics.calibration_summary(y, p, n_bins=n_bins)
     classes = []
     for c, name in enumerate(names):
         classes.append({
@@ -76,28 +87,107 @@ def evaluate_classifier(model, eval_ds, val_ds=None, n_resamples=1000, seed=0):
             "bootstrap_undefined": int(ci["undefined"][c]),
             "threshold": float(thresholds[c]),
             **{k: _num(v[c]) for k, v in ops.items()},
+            "brier": _num(calibration["brier"][c]), "ece": _num(calibration["ece"][c]),
         })
     undefined = [c["name"] for c in classes if c["auroc"] is None]
-    report = {
+    rel = calibration["reliability"]
+    return {
         "n_images": int(len(y)),
         "classes": classes,
         "mean_auroc": _num(mean),
         "mean_auroc_ci": [_num(ci["low"][-1]), _num(ci["high"][-1])],
         "classes_in_mean": len(names) - len(undefined),
         "undefined_classes": undefined,
-        "threshold_rule": threshold_rule,
+        "threshold_rule": threshold_rule or "given",
         "bootstrap": {"resamples": int(n_resamples), "confidence": 0.95, "seed": int(seed),
                       "method": "percentile, images resampled (scipy.stats.bootstrap)"},
+        "calibration": {
+            "mean_brier": calibration["mean_brier"], "mean_ece": calibration["mean_ece"],
+            "pooled_ece": calibration["pooled_ece"], "n_bins": calibration["n_bins"],
+            "method": ("Brier score (sklearn.metrics.brier_score_loss) and expected calibration "
+                       "error over equal-width bins (sklearn.calibration.calibration_curve), "
+                       "per class; reliability curve pooled over all (image, class) pairs"),
+            "reliability": {k: [float(v) for v in rel[k]] for k in rel},
+        },
     }
-    return report, {"ids": res.get("ids", []), "labels": y, "probabilities": p}
 
 
-def evaluate_segmenter(segmenter, seg_ds):
-    """Dice and IoU per structure, lungs and union, at the segmenter's input resolution."""
+def evaluate_classifier(predictor, eval_ds, val_ds=None, n_resamples=1000, seed=0,
+                        figures_dir=None):
+    """Scores a classifier on `eval_ds`, with thresholds chosen on `val_ds`.
+
+    Args:
+      predictor: an inference.Predictor (a .keras classifier or an exported SavedModel), see
+        inference.load_predictor.
+      eval_ds: `inference.examples_dataset` batches of the evaluated split.
+      val_ds: the same for the validation split: Youden's J thresholds per class and the
+        validation AUROC (None: thresholds 0.5).
+      n_resamples: bootstrap resamples for the confidence intervals (0 disables them).
+      seed: bootstrap seed.
+      figures_dir: when given, roc.png and reliability.png are written there.
+
+    Returns:
+      (report section dict, predictions dict with "ids", "labels", "probabilities",
+      "mask_coverage").
+    """
+    res = inference.predict(predictor, eval_ds)
+    thresholds = rule = None
+    val_auroc = None
+    if val_ds is not None:
+        val = inference.predict(predictor, val_ds)
+        thresholds = metrics.youden_thresholds(val["labels"], val["probabilities"])
+        rule = "Youden's J (sensitivity + specificity - 1) maximised per class on the validation split"
+        val_auroc = {"mean_auroc": _num(metrics.mean_auroc(
+            metrics.auroc_per_class(val["labels"], val["probabilities"]))),
+            "n_images": int(len(val["labels"]))}
+    report = classification_report(res["labels"], res["probabilities"], thresholds, rule,
+                                   n_resamples=n_resamples, seed=seed)
+    report["validation"] = val_auroc
+    report["mask_coverage"] = {"mean": float(np.mean(res["mask_coverage"])),
+                               "min": float(np.min(res["mask_coverage"]))}
+    if figures_dir:
+        report["figures"] = write_figures(report, res["labels"], res["probabilities"],
+                                          figures_dir, title=predictor.name)
+    return report, res
+
+
+def write_figures(clf_report, y, p, out_dir, title=None):
+    """roc.png (all classes) and reliability.png into out_dir; returns their file names."""
+    from cxr_tf.evaluation import plots
+    names = labels_lib.FINDINGS
+    auroc = [np.nan if c["auroc"] is None else c["auroc"] for c in clf_report["classes"]]
+    ci = [(c["ci_low"], c["ci_high"]) for c in clf_report["classes"]]
+    plots.roc_figure(y, p, names, os.path.join(out_dir, ROC_PNG), auroc=auroc, ci=ci,
+                     title=f"ROC curves{f' - {title}' if title else ''} "
+                           f"({clf_report['n_images']} images)")
+    cal = metrics.calibration_summary(y, p, n_bins=clf_report["calibration"]["n_bins"])
+    plots.reliability_figure(cal, os.path.join(out_dir, RELIABILITY_PNG), title=title)
+    return {"roc": ROC_PNG, "reliability": RELIABILITY_PNG}
+
+
+def evaluate_segmenter(segmenter, seg_ds, structures=labels_lib.STRUCTURES):
+    """Dice and IoU per structure, both lungs together and the union, at the segmenter's input
+    resolution.
+
+    Args:
+      segmenter: a UNetSegmenter (outputs labels.STRUCTURES channels).
+      seg_ds: (image, masks) batches, e.g. from inference.segmentation_dataset.
+      structures: names of the mask channels of `seg_ds` (a subset of labels.STRUCTURES; the
+        matching segmenter channels are scored). Without the heart, "union" equals "lungs" and
+        is left out.
+    """
+    unknown = [s for s in structures if s not in labels_lib.STRUCTURES]
+    if unknown:
+        raise ValueError(f"Unknown structures {unknown}; expected a subset of "
+                         f"{labels_lib.STRUCTURES}")
     res = inference.collect(segmenter, seg_ds)
-    scores = metrics.segmentation_scores(res["targets"], res["outputs"], labels_lib.STRUCTURES)
+    channels = [labels_lib.STRUCTURES.index(s) for s in structures]
+    scores = metrics.segmentation_scores(res["targets"], res["outputs"][..., channels],
+                                         structures)
+    if "heart" not in structures:
+        scores.pop("union", None)
     return {"n_images": int(len(res["targets"])), "resolution": int(res["targets"].shape[1]),
-            "structures": scores}
+            "structures": scores, "threshold": 0.5}
 
 
 def write_predictions_csv(predictions, path):
@@ -112,6 +202,23 @@ def write_predictions_csv(predictions, path):
             w.writerow([image_id] + [f"{v:.6f}" for v in predictions["probabilities"][i]]
                        + [int(v) for v in predictions["labels"][i]])
     os.replace(tmp, path)
+
+
+def read_predictions_csv(path):
+    """Inverse of write_predictions_csv: dict with "ids", "probabilities" (N, 14), "labels"."""
+    names = labels_lib.FINDINGS
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0][:1] != ["image_id"]:
+        raise ValueError(f"{path} is not a cxr_tf predictions.csv")
+    expected = ["image_id"] + [f"p_{n}" for n in names] + [f"y_{n}" for n in names]
+    if rows[0] != expected:
+        raise ValueError(f"{path}: unexpected columns {rows[0]} (expected {expected})")
+    body = rows[1:]
+    k = len(names)
+    return {"ids": [r[0] for r in body],
+            "probabilities": np.array([[float(v) for v in r[1:1 + k]] for r in body]),
+            "labels": np.array([[int(v) for v in r[1 + k:]] for r in body])}
 
 
 def _fmt(x, digits=4):
@@ -131,42 +238,112 @@ def classification_table(report):
     return "\n".join(lines)
 
 
+def _ci(lo, hi, digits=3):
+    return "n/a" if lo is None or hi is None else f"{lo:.{digits}f}-{hi:.{digits}f}"
+
+
+def published_table_markdown(clf, model_label="this model"):
+    """The AUROC table laid out like Fang et al. (2021), Table 2, with our column beside theirs.
+
+    Rows: the 14 findings and the mean. Columns: the paper's published models (NOT measured
+    here: only their MEANS are known to this project, per-class cells show "—"), then ours with
+    its 95% bootstrap interval and the number of positive images.
+    """
+    head = ("| Finding | " + " | ".join(f"{c} (published)" for c in PAPER_COLUMNS)
+            + f" | **{model_label}: AUROC (measured here)** | 95% CI | n+ |")
+    lines = [head, "|---|" + "---:|" * len(PAPER_COLUMNS) + "---:|---|---:|"]
+    for c in clf["classes"]:
+        lines.append(f"| {c['name']} | " + " | ".join("—" for _ in PAPER_COLUMNS)
+                     + f" | {_fmt(c['auroc'])} | {_ci(c['ci_low'], c['ci_high'])} | "
+                     f"{c['positives']} |")
+    lo, hi = clf["mean_auroc_ci"]
+    lines.append("| **Mean** | " + " | ".join(f"{PAPER_MEAN_AUROC[k]:.4f}" for k in PAPER_COLUMNS)
+                 + f" | **{_fmt(clf['mean_auroc'])}** ({clf['classes_in_mean']} classes) | "
+                 f"{_ci(lo, hi)} | |")
+    notes = [
+        "",
+        f"Published columns: {PAPER_CITATION}, mean AUROC on the official ChestX-ray14 test "
+        "split. They were **not measured here** and come from a different data set, split and "
+        "training budget than this run. Only the published MEANS are known to this project; "
+        "per-class published values are not available here and are shown as \u2014 (not as zero "
+        "or missing results of the paper).",
+        f"Our intervals: 95% {clf['bootstrap']['method']}, {clf['bootstrap']['resamples']} "
+        f"resamples, seed {clf['bootstrap']['seed']}.",
+    ]
+    if clf["undefined_classes"]:
+        notes.append("Undefined AUROC (no positive or no negative in this split), left out of "
+                     f"the mean: {', '.join(clf['undefined_classes'])}.")
+    return "\n".join(lines + notes)
+
+
 def markdown(report):
-    """The report as Markdown: classification table, thresholds, segmentation, provenance."""
-    out = [f"# cxr_tf evaluation report", ""]
+    """The report as Markdown: Table 2 layout, operating points, calibration, figures,
+    localisation, segmentation, provenance."""
+    out = ["# cxr_tf evaluation report", ""]
     meta = report.get("meta", {})
-    for key in ("model", "dataset", "split", "created"):
+    for key in ("model", "model_source", "dataset", "split", "created"):
         if key in meta:
             out.append(f"- {key}: `{meta[key]}`")
     clf = report.get("classification")
     if clf:
         out += ["", f"## Classification ({clf['n_images']} images)", "",
-                "| Finding | n+ | AUROC | 95% CI | threshold | sensitivity | specificity | PPV | F1 |",
-                "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+                published_table_markdown(clf, meta.get("model_name", "this model"))]
+        if clf.get("validation"):
+            v = clf["validation"]
+            out += ["", f"Validation split ({v['n_images']} images, used for thresholds only): "
+                        f"mean AUROC {_fmt(v['mean_auroc'])}."]
+        out += ["", "### Operating points", "",
+                f"Thresholds: {clf['threshold_rule']}; applied unchanged to this split.", "",
+                "| Finding | threshold | sensitivity | specificity | PPV | F1 |",
+                "|---|---:|---:|---:|---:|---:|"]
         for c in clf["classes"]:
-            ci = (f"{_fmt(c['ci_low'], 3)}-{_fmt(c['ci_high'], 3)}" if c["ci_low"] is not None
-                  else "n/a")
-            out.append(f"| {c['name']} | {c['positives']} | {_fmt(c['auroc'])} | {ci} | "
-                       f"{c['threshold']:.3f} | {_fmt(c['sensitivity'], 3)} | "
-                       f"{_fmt(c['specificity'], 3)} | {_fmt(c['ppv'], 3)} | {_fmt(c['f1'], 3)} |")
-        lo, hi = clf["mean_auroc_ci"]
-        out.append(f"| **Mean** ({clf['classes_in_mean']} classes) | | "
-                   f"**{_fmt(clf['mean_auroc'])}** | {_fmt(lo, 3)}-{_fmt(hi, 3)} | | | | | |")
-        out += ["", f"Thresholds: {clf['threshold_rule']}. Intervals: 95% "
-                f"{clf['bootstrap']['method']}, {clf['bootstrap']['resamples']} resamples, seed "
-                f"{clf['bootstrap']['seed']}."]
-        if clf["undefined_classes"]:
-            out.append(f"Undefined AUROC (no positive or no negative in this split): "
-                       f"{', '.join(clf['undefined_classes'])}.")
-        out += ["", "Published mean AUROC on the official ChestX-ray14 test split, **not measured "
-                f"here** ({PAPER_CITATION}): "
-                + "; ".join(f"{k} {v:.4f}" for k, v in PAPER_MEAN_AUROC.items()) + "."]
+            out.append(f"| {c['name']} | {c['threshold']:.3f} | {_fmt(c['sensitivity'], 3)} | "
+                       f"{_fmt(c['specificity'], 3)} | {_fmt(c['ppv'], 3)} | "
+                       f"{_fmt(c['f1'], 3)} |")
+        cal = clf.get("calibration")
+        if cal:
+            out += ["", "### Calibration", "", f"{cal['method']}; {cal['n_bins']} bins. "
+                    f"Mean Brier {cal['mean_brier']:.4f}, mean ECE {cal['mean_ece']:.4f}, "
+                    f"pooled ECE {cal['pooled_ece']:.4f} (lower is better).", "",
+                    "| Finding | Brier | ECE |", "|---|---:|---:|"]
+            for c in clf["classes"]:
+                out.append(f"| {c['name']} | {_fmt(c['brier'])} | {_fmt(c['ece'])} |")
+        figs = clf.get("figures")
+        if figs:
+            out += ["", "### Figures", "", f"![ROC curves]({figs['roc']})", "",
+                    f"![Reliability diagram]({figs['reliability']})"]
+    loc = report.get("localisation")
+    if loc:
+        out += ["", f"## Localisation ({loc['overall']['n_boxes']} boxes on {loc['n_images']} "
+                    f"images)", "", f"Box rule: {loc['box_rule']}. IoU is computed in the "
+                "stored-image frame against the ground-truth boxes.", ""]
+        ts = loc["iou_thresholds"]
+        out += ["| Finding | boxes | mean IoU | " + " | ".join(f"IoU >= {t:g}" for t in ts)
+                + " |", "|---|---:|---:|" + "---:|" * len(ts)]
+        for c in loc["classes"] + [{"name": "**All**", **loc["overall"]}]:
+            if not c["n_boxes"] and c["name"] != "**All**":
+                continue
+            out.append(f"| {c['name']} | {c['n_boxes']} | {_fmt(c['mean_iou'], 3)} | "
+                       + " | ".join(_fmt(c["hit_rate"][f"{t:g}"], 3) for t in ts) + " |")
+        out += ["", "Published CAM box IoU ("
+                + ", ".join(f"{k}: {v:.4f}" for k, v in PAPER_ORACLE_BOX_IOU.items())
+                + f"; {PAPER_CITATION}) used boxes of the ground-truth SIZE placed at CAM peaks, "
+                "an oracle: **not measured here and not comparable** with the rule above."]
+        if loc.get("overlays"):
+            out += ["", f"Overlays (image, CAM, feature mask, true box green, CAM box red): "
+                        f"{len(loc['overlays'])} PNGs in `{OVERLAY_DIR}/`."]
+    cams = report.get("cam_overlays")
+    if cams and cams.get("overlays"):
+        out += ["", "## CAM overlays", "", f"{cams['note']}. Box rule: {cams['box_rule']}.", ""]
+        out += [f"![{o['class']}]({o['path']})" for o in cams["overlays"][:6]]
     seg = report.get("segmentation")
     if seg:
         out += ["", f"## Segmentation ({seg['n_images']} images, {seg['resolution']} px)", "",
                 "| Structure | Dice | IoU |", "|---|---:|---:|"]
         for name, s in seg["structures"].items():
             out.append(f"| {name} | {s['dice']:.4f} | {s['iou']:.4f} |")
+        out += ["", "Masks binarised at 0.5; per-image scores averaged; `lungs` = both lungs "
+                    "together, `union` = lungs and heart."]
     return "\n".join(out) + "\n"
 
 
