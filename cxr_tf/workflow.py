@@ -69,36 +69,108 @@ def _require(path, what):
 
 
 def evaluate(classifier_path, builder, config, out_dir, split="test", segmenter_path=None,
-             n_resamples=1000):
+             n_resamples=1000, signature="predict_pixels", box_builder=None, box_split=None,
+             cam_threshold=None, max_overlays=24, seg_builder=None, seg_split=None):
     """Evaluates a classifier (and optionally a segmenter) on `split`; writes the report.
 
-    Thresholds come from the validation split. Returns the report dict.
+    Writes into out_dir: report.json, report.md, predictions.csv, roc.png, reliability.png and
+    cam_overlays/*.png (see cxr_tf.evaluation.report for what each holds and the rules it keeps).
+
+    Args:
+      classifier_path: a .keras classifier (its resize setting comes from `config`) or an exported
+        SavedModel version directory (or export base directory); None scores only the segmenter.
+      builder: prepared TFDS builder of the evaluated data set.
+      config: the ExperimentConfig (bootstrap seed; the .keras model's resize size).
+      out_dir: report directory.
+      split: evaluated split. Thresholds are chosen on "validation" when the data set has it.
+      segmenter_path: optional segmenter (.keras) scored with Dice/IoU per structure.
+      n_resamples: bootstrap resamples (0: no intervals).
+      signature: SavedModel signature to call ("predict_pixels" or "serving_default").
+      box_builder, box_split: data set and split with ground-truth boxes for localisation.
+        Default: `builder` itself when it has box features, on its "bbox" split if present,
+        else on `split`. Without boxes, CAM overlays of true findings are drawn instead.
+      cam_threshold: CAM threshold of the box rule (default localization.DEFAULT_CAM_THRESHOLD).
+      max_overlays: number of CAM overlay PNGs (0: none).
+      seg_builder, seg_split: data set and split for segmentation scores (default: `builder`
+        and `split`; skipped with a warning when that data set has no masks).
+
+    Returns the report dict.
     """
+    from cxr_tf.data import features as fk
+    from cxr_tf.evaluation import inference, localization
     from cxr_tf.evaluation import report as report_lib
     from cxr_tf.models import load_model
 
-    model = load_model(_require(classifier_path, "Classifier"))
-    eval_ds = train.classification_dataset(config, builder, split, training=False, with_ids=True)
-    val_ds = None
-    if split != "validation" and "validation" in builder.info.splits:
-        val_ds = train.classification_dataset(config, builder, "validation", training=False)
-    clf_report, predictions = report_lib.evaluate_classifier(model, eval_ds, val_ds,
-                                                             n_resamples=n_resamples,
-                                                             seed=config.seed)
-    report = {"meta": {"model": os.path.abspath(classifier_path),
-                       "dataset": builder.info.full_name, "split": split},
-              "label_names": list(labels_lib.FINDINGS), "classification": clf_report}
+    if classifier_path is None and segmenter_path is None:
+        raise ValueError("Nothing to evaluate: give a classifier, a segmenter, or both")
+    cam_threshold = localization.DEFAULT_CAM_THRESHOLD if cam_threshold is None else cam_threshold
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"meta": {"dataset": builder.info.full_name, "split": split},
+              "label_names": list(labels_lib.FINDINGS)}
+    if classifier_path is not None:
+        predictor = inference.load_predictor(_require(classifier_path, "Classifier"),
+                                             resize_size=config.classifier.resize_size,
+                                             signature=signature)
+        report["meta"].update(model=os.path.abspath(classifier_path),
+                              model_source=predictor.source, model_name=predictor.name,
+                              predictor=predictor.describe())
+        eval_ds = inference.examples_dataset(builder, split)
+        val_ds = None
+        if split != "validation" and "validation" in builder.info.splits:
+            val_ds = inference.examples_dataset(builder, "validation")
+        else:
+            log.warning("No separate validation split: thresholds are 0.5 for every class")
+        clf_report, predictions = report_lib.evaluate_classifier(
+            predictor, eval_ds, val_ds, n_resamples=n_resamples, seed=config.seed,
+            figures_dir=out_dir)
+        report["classification"] = clf_report
+        report_lib.write_predictions_csv(predictions, os.path.join(out_dir, "predictions.csv"))
+        log.info("Classification on %s (%d images):\n%s", split, clf_report["n_images"],
+                 report_lib.classification_table(clf_report))
+
+        overlay_dir = os.path.join(out_dir, report_lib.OVERLAY_DIR)
+        if box_builder is None and fk.BOXES in builder.info.features:
+            box_builder = builder
+        if box_builder is not None:
+            box_split = box_split or ("bbox" if "bbox" in box_builder.info.splits else split)
+            summary, records = localization.evaluate_localisation(
+                predictor, inference.examples_dataset(box_builder, box_split, batch_size=16,
+                                                      with_boxes=True),
+                threshold=cam_threshold, overlay_dir=overlay_dir if max_overlays else None,
+                max_overlays=max_overlays)
+            summary["overlays"] = [os.path.relpath(p, out_dir) for p in summary["overlays"]]
+            summary.update(dataset=box_builder.info.full_name, split=box_split)
+            report["localisation"] = summary
+            loop.write_json_atomic(os.path.join(out_dir, "localisation_boxes.json"), records)
+        elif max_overlays:
+            written = localization.overlay_positive_findings(
+                predictor, inference.examples_dataset(builder, split, batch_size=16),
+                overlay_dir, threshold=cam_threshold, max_overlays=max_overlays)
+            for w in written:
+                w["path"] = os.path.relpath(w["path"], out_dir)
+            report["cam_overlays"] = {
+                "note": f"{builder.info.full_name} has no ground-truth boxes: overlays of true "
+                        f"findings with their CAM box, no IoU",
+                "box_rule": localization.BOX_RULE.format(threshold=cam_threshold),
+                "overlays": written}
+
     if segmenter_path:
         segmenter = load_model(_require(segmenter_path, "Segmenter"))
-        seg_config = configs_lib.from_dict(configs_lib.to_dict(config))
-        seg_config.segmenter.input_size = segmenter.input_size
-        seg_ds = train.segmentation_datasets(seg_config, builder, split, training=False)
-        report["segmentation"] = report_lib.evaluate_segmenter(segmenter, seg_ds)
-    os.makedirs(out_dir, exist_ok=True)
-    report_lib.write_predictions_csv(predictions, os.path.join(out_dir, "predictions.csv"))
+        seg_builder = seg_builder or builder
+        seg_split = seg_split or split
+        try:
+            seg_ds, structures = inference.segmentation_dataset(seg_builder, seg_split,
+                                                                segmenter.input_size)
+        except ValueError as e:
+            if seg_builder is not builder or classifier_path is None:
+                raise
+            log.warning("Segmenter not scored: %s", e)
+        else:
+            seg = report_lib.evaluate_segmenter(segmenter, seg_ds, structures)
+            seg.update(model=os.path.abspath(segmenter_path),
+                       dataset=seg_builder.info.full_name, split=seg_split)
+            report["segmentation"] = seg
     report_lib.write_report(report, out_dir)
-    log.info("Classification on %s (%d images):\n%s", split, clf_report["n_images"],
-             report_lib.classification_table(clf_report))
     return report
 
 
