@@ -189,8 +189,8 @@ class Summary:
 
     def log(self):
         built = self.data["built"]
-        log.info("%s built: %s (total %d)", self.data["dataset"],
-                 ", ".join(f"{k} {v}" for k, v in built.items()), sum(built.values()))
+        log.info("%s built: %s", self.data["dataset"],
+                 ", ".join(f"{k} {v}" for k, v in built.items()))
         for reason, n in sorted(self.data["skipped"].items()):
             examples = self.data["examples"].get(reason, [])
             log.info("  skipped %d: %s%s", n, reason,
