@@ -11,7 +11,7 @@ import builder_fixtures as bf
 from cxr_tf import labels
 from cxr_tf.data import datasets, pipeline
 from cxr_tf.data import features as fk
-from cxr_tf.data.builders import _common, jsrt_scr
+from cxr_tf.data.builders import _common, _imaging, jsrt_scr
 
 SIZE = 64
 FOLD1 = {"JPCLN001", "JPCLN003", "JPCNN001"}  # odd numbers
@@ -171,3 +171,19 @@ def test_no_masks_at_all_says_what_layout_is_expected(tmp_path):
                       np.zeros((2048, 2048), np.uint16))
     with pytest.raises(jsrt_scr.DataError, match="fold1/masks/left lung"):
         build(manual, tmp_path / "tfds")
+
+
+def test_16_bit_files_holding_12_bit_values_use_the_12_bit_range(tmp_path):
+    grey, note = _imaging.to_grey8(np.array([[0, 2048, 4095]], np.uint16))
+    assert grey.tolist() == [[0, 128, 255]] and note == "12bit-in-16bit"
+    grey, note = _imaging.to_grey8(np.array([[0, 257 * 128, 65535]], np.uint16))
+    assert grey.tolist() == [[0, 128, 255]] and note == ""
+
+
+def test_gif_masks_read_without_opencv_gif_support(tmp_path):
+    mask = bf.box_mask((40, 30), bf.HEART)
+    bf.write_gif(str(tmp_path / "m.gif"), mask)
+    with open(tmp_path / "m.gif", "rb") as f:
+        grey = _imaging._decode_gif_with_pil(f.read())
+    np.testing.assert_array_equal(grey > 127, mask)
+    np.testing.assert_array_equal(_imaging.read_mask(str(tmp_path / "m.gif")), mask)

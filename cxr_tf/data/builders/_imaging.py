@@ -88,10 +88,23 @@ def read_grey8(path):
     """
     data = read_file_bytes(path)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None and data[:4] == b"GIF8":
+        image = _decode_gif_with_pil(data)  # OpenCV < 4.11 has no GIF decoder
     if image is None:
         raise ImageError(f"{path}: not a decodable image ({len(data)} bytes; truncated or "
                          f"corrupt?)")
     return to_grey8(image, path)
+
+
+def _decode_gif_with_pil(data):
+    """First frame of a GIF as a grey uint8 array with Pillow, or None if it cannot be read."""
+    try:
+        import io
+        from PIL import Image
+        with Image.open(io.BytesIO(data)) as gif:
+            return np.asarray(gif.convert("L"))
+    except Exception:  # noqa: BLE001  (any decoder failure means "not decodable")
+        return None
 
 
 def read_jsrt_raw(path):
