@@ -65,8 +65,8 @@ TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
 SPLITS = ("train", "validation", "test", "bbox")
 BOX_FRAME = 1024  # side of the official PNGs, the frame of BBox_List_2017.csv
-BOX_TOLERANCE = 1.0
-IMAGE_FORMATS = ("raw", "png")  # boxes may overshoot the frame by this many pixels (then clipped)
+BOX_TOLERANCE = 1.0  # boxes may overshoot the frame by this many pixels (then clipped)
+IMAGE_FORMATS = ("raw", "png")  # stored image encodings (Chestxray14Config.image_format)
 
 # Label table columns: feature -> accepted spellings.
 COLUMNS = {
@@ -458,9 +458,9 @@ class Chestxray14(tfds.core.GeneratorBasedBuilder):
         jobs = [(name, plan.paths[name], size, fmt) for name in plan.splits[split]]
         built = 0
         results = _common.generate(self, split, _imaging.chestxray14_job, jobs, 8)
-        for name, png, message in results:
+        for name, image, message in results:
             row = plan.rows[name]
-            if png is None:
+            if image is None:
                 if split == "bbox":
                     summary.skip("box_image_unreadable", len(plan.boxes[name]),
                                  example=message)
@@ -474,7 +474,7 @@ class Chestxray14(tfds.core.GeneratorBasedBuilder):
             built += 1
             if split == "bbox":
                 summary.count_note("boxes_built", len(plan.boxes[name]))
-            yield name, self._example(name, png)
+            yield name, self._example(name, image)
         _common.check_not_all_unreadable(
             split, len(jobs), built, summary,
             "box_image_unreadable" if split == "bbox" else "label_row_image_unreadable")
