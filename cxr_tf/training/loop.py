@@ -325,7 +325,8 @@ class Trainer:
             raise RuntimeError(
                 f"Workers resume at different (epoch, step) positions {sorted(positions)}: they "
                 f"do not see the same checkpoints in {self.checkpoint_dir}. Put the work "
-                f"directory on storage all workers share (NFS, gs://...)")
+                f"directory on a file system all workers share, mounted at the same path "
+                f"(e.g. NFS)")
 
     @contextlib.contextmanager
     def _preemption_handler(self):
