@@ -104,3 +104,21 @@ def test_decode_image_bytes_any_format_to_one_channel(encode):
 def test_decode_rejects_bad_bytes(data, message):
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         preprocessing.decode_image_bytes(tf.constant(data))
+
+
+def test_served_full_resolution_image_matches_stored_record_within_8bit_rounding():
+    # A full-size radiograph sent to the SavedModel is resized in the graph; the records a model
+    # trains on were resized offline by the builders (OpenCV INTER_AREA, stored as 8 bit). The
+    # two paths must agree up to that 8-bit rounding, or training and serving see different
+    # images.
+    from cxr_tf.data.builders import _imaging
+    rng = np.random.default_rng(0)
+    smooth = cv2.GaussianBlur(rng.random((1024, 1000)).astype(np.float32), (0, 0), 6)
+    grey = cv2.normalize(smooth, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    grey[300:320, 100:900] = 255  # sharp edges, where interpolation kernels differ most
+    stored = _imaging.resize_image(grey, 256)
+    via_records = preprocessing.resize_and_crop(tf.constant(stored[..., None] / 255.0, tf.float32),
+                                                224, 256).numpy()
+    via_bytes = preprocessing.model_input_from_bytes(
+        tf.constant(cv2.imencode(".png", grey)[1].tobytes()), 224, 256).numpy()
+    assert np.abs(via_records - via_bytes).max() <= 0.5 / 255 + 1e-6

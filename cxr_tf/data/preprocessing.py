@@ -47,29 +47,39 @@ def to_float(image):
     return tf.cast(image, tf.float32)
 
 
-def resize_and_crop(image, size, resize_size=None, method="bilinear"):
+def resize_and_crop(image, size, resize_size=None, method="auto"):
     """Resizes an image (H, W, C) or batch (B, H, W, C) to `resize_size` square, then centre-crops
     to `size`.
 
-    Down-sampling uses an anti-aliasing filter. The result has a static spatial shape, which
-    graph-mode resizing on the Keras side needs.
+    With method "auto", shrinking (the longer side above `resize_size`) averages pixel areas,
+    which is what the data set builders do offline with OpenCV's INTER_AREA
+    (cxr_tf.data.builders._imaging.resize_image): the two agree to within 8-bit rounding, so a
+    full-resolution image sent to the SavedModel is resized like the records the model was
+    trained on. Enlarging uses bilinear interpolation, again as the builders do. The result has a static spatial shape, which graph-mode code needs.
 
     Args:
       image: (H, W, C) or (B, H, W, C) float tensor.
       size: output side.
       resize_size: side to resize to before cropping; defaults to `size` (no crop).
-      method: tf.image.resize method ("bilinear" for images, "nearest" for label maps).
+      method: "auto", or a tf.image.resize method ("nearest" for label maps).
     """
     size = int(size)
     resize_size = int(resize_size or size)
     if resize_size < size:
         raise ValueError(f"resize_size ({resize_size}) must be >= the crop size ({size})")
     shape = tf.shape(image)
-    already = tf.logical_and(tf.equal(shape[-3], resize_size), tf.equal(shape[-2], resize_size))
-    image = tf.cond(
-        already, lambda: image,
-        lambda: tf.image.resize(image, [resize_size, resize_size], method=method,
-                                antialias=method != "nearest"))
+    h, w = shape[-3], shape[-2]
+    target = [resize_size, resize_size]
+
+    def resized():
+        if method != "auto":
+            return tf.image.resize(image, target, method=method)
+        shrink = tf.maximum(h, w) > resize_size
+        return tf.cond(shrink, lambda: tf.image.resize(image, target, method="area"),
+                       lambda: tf.image.resize(image, target, method="bilinear"))
+
+    already = tf.logical_and(tf.equal(h, resize_size), tf.equal(w, resize_size))
+    image = tf.cond(already, lambda: tf.cast(image, tf.float32), resized)
     if resize_size != size:
         offset = (resize_size - size) // 2
         image = image[..., offset:offset + size, offset:offset + size, :]
