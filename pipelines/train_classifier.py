@@ -23,11 +23,12 @@ flags.adopt_module_key_flags(cxr_flags)
 def main(argv):
     del argv
     cxr_flags.setup_logging()
-    from cxr_tf import workflow
+    from cxr_tf import configs, workflow
     from cxr_tf.training import strategies, train
     f = flags.FLAGS
     config = cxr_flags.experiment_config()
     cxr_flags.apply_training_overrides(config.classifier)
+    configs.check_training_options(config.classifier, "classifier")  # before building any data
     strategy = strategies.make_strategy(f.strategy, tpu_address=f.tpu)
     builder = workflow.build_data(config, cxr_flags.data_dir(), manual_dir=f.manual_dir)
     segmenter = f.segmenter or workflow.best_model(

@@ -20,10 +20,11 @@ flags.adopt_module_key_flags(cxr_flags)
 def main(argv):
     del argv
     cxr_flags.setup_logging()
-    from cxr_tf import workflow
+    from cxr_tf import configs, workflow
     from cxr_tf.training import strategies, train
     config = cxr_flags.experiment_config()
     cxr_flags.apply_training_overrides(config.segmenter)
+    configs.check_training_options(config.segmenter, "segmenter")  # before building any data
     strategy = strategies.make_strategy(flags.FLAGS.strategy, tpu_address=flags.FLAGS.tpu)
     builder = workflow.build_data(config, cxr_flags.data_dir(), manual_dir=flags.FLAGS.manual_dir)
     path = train.train_segmenter(config, builder,

@@ -230,7 +230,6 @@ def test_cosine_schedule_and_tensorboard_scalars(tmp_path):
 
 # ------------------------------------------------------------------ mixed precision
 
-@pytest.mark.slow
 def test_mixed_precision_classifier_trains_in_bfloat16_and_saves_float32(
         tiny_builder, tiny_segmenter_path, tmp_path):
     from cxr_tf.models import load_model
@@ -277,3 +276,19 @@ def test_loss_scale_optimizer_step_under_float16(tmp_path):
     from training_child import read_scalars
     scales = read_scalars(os.path.join(str(tmp_path), loop.TENSORBOARD), "train/loss_scale")
     assert scales and all(v > 1 for v in scales.values())
+
+
+def test_mixed_precision_segmenter_trains_in_bfloat16(tiny_builder, tmp_path):
+    from cxr_tf.models import load_model
+    config = configs.tiny()
+    config.segmenter.mixed_precision = True
+    path = train.train_segmenter(config, tiny_builder, str(tmp_path), verbose=0)
+    with open(tmp_path / loop.HISTORY) as f:
+        record = json.load(f)[0]
+    assert np.isfinite(record["loss"]) and 0 <= record["val_mean_dice"] <= 1
+    with open(tmp_path / train.EXPERIMENT) as f:
+        assert json.load(f)["dtype_policy"] == "mixed_bfloat16"
+    model = load_model(path)
+    assert model.get_layer("down0_conv1").dtype_policy.name == "float32"
+    masks = model.predict(np.zeros((1, 32, 32, 1), "float32"), verbose=0)
+    assert masks.dtype == np.float32 and masks.shape == (1, 32, 32, 3)

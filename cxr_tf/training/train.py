@@ -134,11 +134,12 @@ def classifier_validation(dataset):
     return validate
 
 
-def label_frequencies(builder, split="train", work_dir=None):
+def label_frequencies(builder, split="train", work_dir=None, write=True):
     """(num_examples, positives per class) of a split, decoding the labels only.
 
     With `work_dir`, the counts are kept in work_dir/label_counts.json and reused by a resumed
-    run (a full pass over ChestX-ray14's records takes a while).
+    run (a full pass over ChestX-ray14's records takes a while); `write=False` only reads that
+    file (non-chief workers).
     """
     cache = os.path.join(work_dir, LABEL_COUNTS) if work_dir else None
     key = {"dataset": builder.info.full_name, "split": split,
@@ -157,7 +158,7 @@ def label_frequencies(builder, split="train", work_dir=None):
         labels = batch.numpy()
         positives += (labels > 0).sum(axis=0)
         total += labels.shape[0]
-    if cache:
+    if cache and write:
         loop.write_json_atomic(cache, {**key, "num_examples": total,
                                        "positives": positives.tolist()})
     return total, positives
@@ -315,11 +316,13 @@ def build_classifier_from_config(config, segmenter=None, backbone_weights=None):
         backbone_weights=backbone_weights)
 
 
-def classifier_loss(config, builder, work_dir=None):
+def classifier_loss(config, builder, work_dir=None, write=True):
     """The per-example classifier loss `config.classifier.class_weighting` asks for.
 
     "none": keras.losses.binary_crossentropy (the paper). "positive": positive_weighted_bce with
     w_pos = N_negative / N_positive per class, counted on the builder's train split.
+
+    Counts are cached in work_dir (see label_frequencies; `write=False` on non-chief workers).
 
     Returns (loss_fn, positive weights as a list or None).
     """
@@ -327,7 +330,7 @@ def classifier_loss(config, builder, work_dir=None):
     if weighting == "none":
         return keras.losses.binary_crossentropy, None
     if weighting == "positive":
-        total, positives = label_frequencies(builder, "train", work_dir)
+        total, positives = label_frequencies(builder, "train", work_dir, write=write)
         weights = objectives.positive_class_weights(positives, total)
         for name, count in zip(labels_lib.FINDINGS, positives):
             if count == 0:
@@ -371,7 +374,8 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
                                 brightness=clf.brightness, contrast=clf.contrast)
     train_input = epoch_input(config, builder, "train", parse, aug, clf.batch_size)
     val_ds = classification_dataset(config, builder, "validation", training=False)
-    loss_fn, pos_weights = classifier_loss(config, builder, work_dir)
+    loss_fn, pos_weights = classifier_loss(config, builder, work_dir,
+                                           write=strategies.is_chief(strategy))
     with _dtype_policy("float32"), strategy.scope():
         # The frozen segmenter keeps float32: the same masks in training, evaluation, serving.
         segmenter = classifier_lib.load_model(segmenter_path) if needs_segmenter else None
