@@ -15,8 +15,8 @@ Files in `work_dir` (written by the chief worker only):
   tensorboard/    TensorBoard event files: per-step loss, learning rate and images/s, per-epoch
                   validation metrics (e.g. per-class AUROC).
 
-Resuming: constructing nothing special; `fit` restores the latest checkpoint and continues at the
-step after it, mid-epoch included. With an `EpochInput` (a seeded, per-epoch deterministic data
+Resuming needs no option: `fit` restores the latest checkpoint and continues at the step after
+it, mid-epoch included. With an `EpochInput` (a seeded, per-epoch deterministic data
 stream) the resumed run sees exactly the batches the uninterrupted run would have seen, so in
 deterministic mode (`tf.config.experimental.enable_op_determinism`) it ends with the same weights.
 Preemption (SIGTERM, or a cloud maintenance notice) is handled by TensorFlow's
