@@ -5,6 +5,10 @@ i.e. sum_k w_ck F_l(k) + b_c per cell; the model's logit is its mean over cells
 (`CXRClassifier.explain_model`). A box comes from the CAM alone (`cam_to_box`), never from the
 ground truth:
 
+  0. for models with feature weighting, cells outside the lung-and-heart mask carry no image
+     evidence (their weighted features are zero, so their CAM is just the head's bias): they are
+     set to the lowest CAM value inside the mask (`restrict_to_mask`), so the bias can never
+     become the peak;
   1. upsample the (h, w) CAM of the class bilinearly to the model input (OpenCV `cv2.resize`);
   2. normalise it to [0, 1] per image (min-max);
   3. keep the pixels >= `threshold` (default 0.5, a fraction of the normalised maximum);
@@ -35,9 +39,75 @@ log = logging.getLogger("cxr_tf")
 
 DEFAULT_CAM_THRESHOLD = 0.5
 IOU_THRESHOLDS = (0.1, 0.25, 0.5)
-BOX_RULE = ("CAM of the class upsampled bilinearly to the model input, min-max normalised to "
-            "[0, 1] per image, thresholded at {threshold:g}; the bounding box of the 8-connected "
-            "component containing the CAM peak (no ground-truth box size used)")
+BOX_RULE = ("CAM of the class (cells outside the feature mask of weighted models set to the "
+            "lowest in-mask value) upsampled bilinearly to the model input, min-max normalised "
+            "to [0, 1] per image, thresholded at {threshold:g}; the bounding box of the "
+            "8-connected component containing the CAM peak (no ground-truth box size used)")
+
+
+def restrict_to_mask(cam, mask):
+    """Sets the CAM cells outside `mask` to the lowest CAM value inside it.
+
+    Args:
+      cam: (h, w) CAM on the feature grid.
+      mask: (h, w) grid mask (1 = kept), or None.
+
+    Returns:
+      the CAM unchanged when `mask` is None or keeps no cell or every cell, else a copy with the
+      cells outside set to the in-mask minimum.
+    """
+    if mask is None:
+        return np.asarray(cam)
+    cam = np.array(cam, dtype=np.float32)
+    keep = np.asarray(mask) >= 0.5
+    if keep.shape != cam.shape:
+        raise ValueError(f"mask shape {keep.shape} differs from the CAM's {cam.shape}")
+    if keep.any() and not keep.all():
+        cam[~keep] = cam[keep].min()
+    return cam
+
+
+def grid_mask_from_cams(cams, coverage):
+    """The feature mask of a weighted model, recovered from its CAMs and mask coverage.
+
+    For SavedModels, which return CAMs and mask coverage but not the grid mask: a masked cell has
+    all-zero weighted features, so its CAM vector over the C classes is exactly the head's bias,
+    the same vector in every masked cell. The mask is recovered when exactly one group of
+    identical CAM vectors has the size the coverage implies ((1 - coverage) * h * w cells).
+
+    Args:
+      cams: (h, w, C) CAMs of one image.
+      coverage: the image's mask coverage (share of kept cells).
+
+    Returns:
+      (h, w) float mask, or None when it cannot be recovered (e.g. an image below the model's
+      minimum coverage, which is not weighted at all).
+    """
+    cams = np.asarray(cams)
+    h, w, c = cams.shape
+    n_masked = h * w - int(round(float(coverage) * h * w))
+    if n_masked <= 0:
+        return np.ones((h, w), np.float32)
+    _, inverse, counts = np.unique(cams.reshape(-1, c), axis=0, return_inverse=True,
+                                   return_counts=True)
+    groups = np.nonzero(counts == n_masked)[0]
+    if len(groups) != 1 or n_masked < 2:
+        return None
+    return (inverse.reshape(h, w) != groups[0]).astype(np.float32)
+
+
+def image_grid_mask(predictor, outputs, index):
+    """The feature mask of image `index` in a predictor's outputs: the model's own grid mask
+    when exposed (.keras), else recovered from the CAMs (SavedModels of weighted models), else
+    None (models without feature weighting)."""
+    from cxr_tf.models import classifier as classifier_lib
+    if not getattr(predictor, "feature_weighting", False):
+        return None
+    grid = outputs.get(classifier_lib.GRID_MASK)
+    if grid is not None:
+        return np.asarray(grid[index, ..., 0])
+    return grid_mask_from_cams(outputs[classifier_lib.CAMS][index],
+                               outputs[classifier_lib.MASK_COVERAGE][index])
 
 
 def upsample_cam(cam, size):
@@ -64,13 +134,14 @@ def normalise_cam(cam):
     return (cam - lo) / (hi - lo)
 
 
-def cam_to_box(cam, size, threshold=DEFAULT_CAM_THRESHOLD):
+def cam_to_box(cam, size, threshold=DEFAULT_CAM_THRESHOLD, mask=None):
     """The predicted box of one class from its CAM (the rule in the module docstring).
 
     Args:
       cam: (h, w) CAM on the feature grid, or an already upsampled (size, size) map.
       size: model input side; the box is in its pixels.
       threshold: fraction in (0, 1] of the normalised maximum that pixels must reach.
+      mask: optional (h, w) feature mask of a weighted model (see `restrict_to_mask`).
 
     Returns:
       (box, heatmap): box as float [x, y, w, h] in model-input pixels (None for a constant CAM,
@@ -78,7 +149,7 @@ def cam_to_box(cam, size, threshold=DEFAULT_CAM_THRESHOLD):
     """
     if not 0.0 < float(threshold) <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    cam = np.asarray(cam, dtype=np.float32)
+    cam = restrict_to_mask(np.asarray(cam, dtype=np.float32), mask)
     heat = normalise_cam(cam if cam.shape == (size, size) else upsample_cam(cam, size))
     if not heat.any():
         return None, heat
@@ -120,7 +191,8 @@ class CropGeometry:
         return np.array([x * sx - self.offset, y * sy - self.offset, w * sx, h * sy])
 
 
-def localise(cams, boxes, box_labels, geometry, threshold=DEFAULT_CAM_THRESHOLD, image_id=""):
+def localise(cams, boxes, box_labels, geometry, threshold=DEFAULT_CAM_THRESHOLD, image_id="",
+             mask=None):
     """Scores the true boxes of one image against boxes predicted from its CAMs.
 
     Args:
@@ -131,6 +203,7 @@ def localise(cams, boxes, box_labels, geometry, threshold=DEFAULT_CAM_THRESHOLD,
       geometry: the image's CropGeometry.
       threshold: CAM threshold of `cam_to_box`.
       image_id: carried into the records.
+      mask: optional (h, w) feature mask (see `cam_to_box`).
 
     Returns:
       a list of dicts, one per true box: image_id, class, class_index, true_box, pred_box (both in
@@ -150,7 +223,7 @@ def localise(cams, boxes, box_labels, geometry, threshold=DEFAULT_CAM_THRESHOLD,
             raise ValueError(f"Box label {c} is not a class index (the CAMs have "
                              f"{cams.shape[-1]} classes)")
         if c not in predicted:
-            pred, _ = cam_to_box(cams[..., c], geometry.input_size, threshold)
+            pred, _ = cam_to_box(cams[..., c], geometry.input_size, threshold, mask)
             predicted[c] = None if pred is None else geometry.to_stored(pred)
         pred = predicted[c]
         records.append({
@@ -213,22 +286,24 @@ def evaluate_localisation(predictor, box_batches, threshold=DEFAULT_CAM_THRESHOL
         out = predictor(images)
         ids = [s.decode() if isinstance(s, bytes) else str(s)
                for s in np.asarray(batch["image_id"]).tolist()]
-        inputs = predictor.model_inputs(images) if overlay_dir else None
+        inputs = (predictor.model_inputs(images)
+                  if overlay_dir and len(overlays) < max_overlays else None)
         for b in range(len(images)):
             geometry = CropGeometry(images.shape[1], images.shape[2], predictor.input_size,
                                     predictor.resize_size)
+            mask = image_grid_mask(predictor, out, b)
             recs = localise(out[classifier_lib.CAMS][b], np.asarray(batch["boxes"])[b],
-                            np.asarray(batch["box_labels"])[b], geometry, threshold, ids[b])
+                            np.asarray(batch["box_labels"])[b], geometry, threshold, ids[b],
+                            mask)
             for r in recs:
                 r["probability"] = float(out[classifier_lib.PROBABILITIES][b, r["class_index"]])
                 if overlay_dir and len(overlays) < max_overlays:
-                    grid_mask = out.get(classifier_lib.GRID_MASK)
                     path = plots.cam_overlay(
                         inputs[b, ..., 0], out[classifier_lib.CAMS][b, ..., r["class_index"]],
                         true_boxes=[geometry.to_input(r["true_box"])],
                         pred_box=(None if r["pred_box"] is None
                                   else geometry.to_input(r["pred_box"])),
-                        mask=None if grid_mask is None else grid_mask[b, ..., 0],
+                        mask=mask,
                         title=(f"{r['image_id']}  {r['class']}  p={r['probability']:.2f}  "
                                f"IoU={r['iou']:.2f}"),
                         path=overlay_path(overlay_dir, len(overlays), r))
@@ -275,21 +350,20 @@ def overlay_positive_findings(predictor, batches, overlay_dir, threshold=DEFAULT
         inputs = predictor.model_inputs(images)
         ids = [s.decode() if isinstance(s, bytes) else str(s)
                for s in np.asarray(batch["image_id"]).tolist()]
-        grid_mask = out.get(classifier_lib.GRID_MASK)
         for b in range(len(images)):
+            mask = image_grid_mask(predictor, out, b)
             for c in np.nonzero(labels[b] > 0.5)[0]:
                 if wanted is not None and c not in wanted:
                     continue
                 if len(written) >= max_overlays:
                     return written
                 cam = out[classifier_lib.CAMS][b, ..., c]
-                pred, _ = cam_to_box(cam, predictor.input_size, threshold)
+                pred, _ = cam_to_box(cam, predictor.input_size, threshold, mask)
                 record = {"image_id": ids[b], "class": labels_lib.FINDINGS[c],
                           "probability": float(out[classifier_lib.PROBABILITIES][b, c]),
                           "pred_box": None if pred is None else [float(v) for v in pred]}
                 record["path"] = plots.cam_overlay(
-                    inputs[b, ..., 0], cam, pred_box=pred,
-                    mask=None if grid_mask is None else grid_mask[b, ..., 0],
+                    inputs[b, ..., 0], cam, pred_box=pred, mask=mask,
                     title=f"{ids[b]}  {record['class']}  p={record['probability']:.2f}",
                     path=overlay_path(overlay_dir, len(written), record))
                 written.append(record)

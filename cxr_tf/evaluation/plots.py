@@ -113,8 +113,8 @@ def cam_overlay(image, cam, path, true_boxes=(), pred_box=None, mask=None, title
 
     Args:
       image: (S, S) model-input image in [0, 1].
-      cam: (h, w) CAM of the class on the feature grid (upsampled and normalised here, as the
-        box rule does).
+      cam: (h, w) CAM of the class on the feature grid (restricted to the mask, upsampled and
+        normalised here, as the box rule does).
       path: output PNG.
       true_boxes: [x, y, w, h] boxes in model-input pixels (green).
       pred_box: predicted [x, y, w, h] in model-input pixels (red, dashed), or None.
@@ -125,7 +125,8 @@ def cam_overlay(image, cam, path, true_boxes=(), pred_box=None, mask=None, title
 
     image = np.asarray(image, dtype=np.float32)
     size = image.shape[0]
-    heat = localization.normalise_cam(localization.upsample_cam(cam, size))
+    heat = localization.normalise_cam(
+        localization.upsample_cam(localization.restrict_to_mask(cam, mask), size))
     fig = _new_figure(4.2, 4.4)
     ax = fig.subplots()
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
@@ -137,7 +138,10 @@ def cam_overlay(image, cam, path, true_boxes=(), pred_box=None, mask=None, title
                         interpolation=cv2.INTER_NEAREST)
         if 0 < up.sum() < up.size:
             ax.contour(up, levels=[0.5], colors="cyan", linewidths=1.2)
-        handles.append(Patch(edgecolor="cyan", facecolor="none", label="feature mask"))
+            label = "feature mask"
+        else:  # nothing to outline: say what the mask was
+            label = "feature mask: whole grid" if up.sum() else "feature mask: empty"
+        handles.append(Patch(edgecolor="cyan", facecolor="none", label=label))
     for box in true_boxes:
         x, y, w, h = box
         ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="lime", lw=2))

@@ -5,7 +5,17 @@ Rules this module keeps, so that its numbers can be trusted:
     evaluated split (never tuned on it);
   - classes with no positive (or no negative) in the evaluated split are reported as undefined,
     not dropped silently, and the mean is taken over defined classes (their count is stated);
-  - every AUROC comes with a 95% percentile-bootstrap interval (fixed seed).
+  - every AUROC comes with a 95% percentile-bootstrap interval (fixed seed);
+  - published numbers (Fang et al. 2021) are shown beside ours, cited and marked as not measured
+    here; only the paper's MEAN AUROCs are known to this project, so per-class published cells
+    show "—" rather than invented values; the paper's CAM IoU (an oracle of the box size) is
+    quoted as not comparable.
+
+A report (report.json / report.md) holds: "classification" (per-class AUROC with intervals,
+thresholds and operating points, Brier score and expected calibration error, validation AUROC,
+mask coverage, figure names), "localisation" (CAM boxes against ground-truth boxes, see
+cxr_tf.evaluation.localization) or "cam_overlays" (data without boxes), "segmentation" (Dice and
+IoU per structure) and "meta" (model, source, data set, split, time).
 """
 
 import csv
@@ -27,8 +37,8 @@ PAPER_MEAN_AUROC = {
     "CheXNet": 0.8105,
     "DCNN (ResNet-50)": 0.7934,
 }
-# Fang et al. (2021): CAM box IoU, computed by the authors with boxes of the GROUND-TRUTH size placed
-# at CAM peaks (an oracle of the box size): not comparable with cxr_tf's non-oracle boxes.
+# Fang et al. (2021): CAM box IoU, computed by the authors with boxes of the GROUND-TRUTH size
+# placed at CAM peaks (an oracle of the box size): not comparable with cxr_tf's non-oracle boxes.
 PAPER_ORACLE_BOX_IOU = {"with multi-scale attention": 0.3014, "without": 0.2437}
 # Column order of the published AUROC table (baselines first, as in Table 2).
 PAPER_COLUMNS = ("DCNN (ResNet-50)", "CheXNet", "CXR-IRNet without F_l", "CXR-IRNet")
@@ -136,7 +146,8 @@ def evaluate_classifier(predictor, eval_ds, val_ds=None, n_resamples=1000, seed=
     if val_ds is not None:
         val = inference.predict(predictor, val_ds)
         thresholds = metrics.youden_thresholds(val["labels"], val["probabilities"])
-        rule = "Youden's J (sensitivity + specificity - 1) maximised per class on the validation split"
+        rule = ("Youden's J (sensitivity + specificity - 1) maximised per class on the "
+                "validation split")
         val_auroc = {"mean_auroc": _num(metrics.mean_auroc(
             metrics.auroc_per_class(val["labels"], val["probabilities"]))),
             "n_images": int(len(val["labels"]))}
@@ -276,6 +287,57 @@ def published_table_markdown(clf, model_label="this model"):
     return "\n".join(lines + notes)
 
 
+def operating_points_markdown(clf):
+    """Thresholds (with the rule that chose them) and sensitivity, specificity, PPV, F1."""
+    out = [f"Thresholds: {clf['threshold_rule']}; applied unchanged to the evaluated split.", "",
+           "| Finding | threshold | sensitivity | specificity | PPV | F1 |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for c in clf["classes"]:
+        out.append(f"| {c['name']} | {c['threshold']:.3f} | {_fmt(c['sensitivity'], 3)} | "
+                   f"{_fmt(c['specificity'], 3)} | {_fmt(c['ppv'], 3)} | {_fmt(c['f1'], 3)} |")
+    return "\n".join(out)
+
+
+def calibration_markdown(clf):
+    """Brier score and expected calibration error per class, with the means."""
+    cal = clf["calibration"]
+    out = [f"{cal['method']}; {cal['n_bins']} bins. Mean Brier {cal['mean_brier']:.4f}, mean "
+           f"ECE {cal['mean_ece']:.4f}, pooled ECE {cal['pooled_ece']:.4f} (lower is better).",
+           "", "| Finding | Brier | ECE |", "|---|---:|---:|"]
+    for c in clf["classes"]:
+        out.append(f"| {c['name']} | {_fmt(c['brier'])} | {_fmt(c['ece'])} |")
+    return "\n".join(out)
+
+
+def localisation_markdown(loc):
+    """IoU per class and the share of boxes found at each IoU threshold, with the box rule."""
+    ts = loc["iou_thresholds"]
+    out = [f"Box rule: {loc['box_rule']}. IoU is computed in the stored-image frame against the "
+           f"ground-truth boxes ({loc['overall']['n_boxes']} boxes on {loc['n_images']} images).",
+           "", "| Finding | boxes | mean IoU | " + " | ".join(f"IoU >= {t:g}" for t in ts) + " |",
+           "|---|---:|---:|" + "---:|" * len(ts)]
+    for c in loc["classes"] + [{"name": "**All**", **loc["overall"]}]:
+        if not c["n_boxes"] and c["name"] != "**All**":
+            continue
+        out.append(f"| {c['name']} | {c['n_boxes']} | {_fmt(c['mean_iou'], 3)} | "
+                   + " | ".join(_fmt(c["hit_rate"][f"{t:g}"], 3) for t in ts) + " |")
+    out += ["", "Published CAM box IoU ("
+            + ", ".join(f"{k}: {v:.4f}" for k, v in PAPER_ORACLE_BOX_IOU.items())
+            + f"; {PAPER_CITATION}) used boxes of the ground-truth SIZE placed at CAM peaks, an "
+            "oracle: **not measured here and not comparable** with the rule above."]
+    return "\n".join(out)
+
+
+def segmentation_markdown(seg):
+    """Dice and IoU per structure."""
+    out = ["| Structure | Dice | IoU |", "|---|---:|---:|"]
+    for name, s in seg["structures"].items():
+        out.append(f"| {name} | {s['dice']:.4f} | {s['iou']:.4f} |")
+    out += ["", "Masks binarised at 0.5; per-image scores averaged; `lungs` = both lungs "
+                "together, `union` = lungs and heart."]
+    return "\n".join(out)
+
+
 def markdown(report):
     """The report as Markdown: Table 2 layout, operating points, calibration, figures,
     localisation, segmentation, provenance."""
@@ -292,46 +354,19 @@ def markdown(report):
             v = clf["validation"]
             out += ["", f"Validation split ({v['n_images']} images, used for thresholds only): "
                         f"mean AUROC {_fmt(v['mean_auroc'])}."]
-        out += ["", "### Operating points", "",
-                f"Thresholds: {clf['threshold_rule']}; applied unchanged to this split.", "",
-                "| Finding | threshold | sensitivity | specificity | PPV | F1 |",
-                "|---|---:|---:|---:|---:|---:|"]
-        for c in clf["classes"]:
-            out.append(f"| {c['name']} | {c['threshold']:.3f} | {_fmt(c['sensitivity'], 3)} | "
-                       f"{_fmt(c['specificity'], 3)} | {_fmt(c['ppv'], 3)} | "
-                       f"{_fmt(c['f1'], 3)} |")
-        cal = clf.get("calibration")
-        if cal:
-            out += ["", "### Calibration", "", f"{cal['method']}; {cal['n_bins']} bins. "
-                    f"Mean Brier {cal['mean_brier']:.4f}, mean ECE {cal['mean_ece']:.4f}, "
-                    f"pooled ECE {cal['pooled_ece']:.4f} (lower is better).", "",
-                    "| Finding | Brier | ECE |", "|---|---:|---:|"]
-            for c in clf["classes"]:
-                out.append(f"| {c['name']} | {_fmt(c['brier'])} | {_fmt(c['ece'])} |")
+        out += ["", "### Operating points", "", operating_points_markdown(clf)]
+        if clf.get("calibration"):
+            out += ["", "### Calibration", "", calibration_markdown(clf)]
         figs = clf.get("figures")
         if figs:
             out += ["", "### Figures", "", f"![ROC curves]({figs['roc']})", "",
                     f"![Reliability diagram]({figs['reliability']})"]
     loc = report.get("localisation")
     if loc:
-        out += ["", f"## Localisation ({loc['overall']['n_boxes']} boxes on {loc['n_images']} "
-                    f"images)", "", f"Box rule: {loc['box_rule']}. IoU is computed in the "
-                "stored-image frame against the ground-truth boxes.", ""]
-        ts = loc["iou_thresholds"]
-        out += ["| Finding | boxes | mean IoU | " + " | ".join(f"IoU >= {t:g}" for t in ts)
-                + " |", "|---|---:|---:|" + "---:|" * len(ts)]
-        for c in loc["classes"] + [{"name": "**All**", **loc["overall"]}]:
-            if not c["n_boxes"] and c["name"] != "**All**":
-                continue
-            out.append(f"| {c['name']} | {c['n_boxes']} | {_fmt(c['mean_iou'], 3)} | "
-                       + " | ".join(_fmt(c["hit_rate"][f"{t:g}"], 3) for t in ts) + " |")
-        out += ["", "Published CAM box IoU ("
-                + ", ".join(f"{k}: {v:.4f}" for k, v in PAPER_ORACLE_BOX_IOU.items())
-                + f"; {PAPER_CITATION}) used boxes of the ground-truth SIZE placed at CAM peaks, "
-                "an oracle: **not measured here and not comparable** with the rule above."]
+        out += ["", "## Localisation", "", localisation_markdown(loc)]
         if loc.get("overlays"):
-            out += ["", f"Overlays (image, CAM, feature mask, true box green, CAM box red): "
-                        f"{len(loc['overlays'])} PNGs in `{OVERLAY_DIR}/`."]
+            out += ["", "Overlays (image, CAM, feature mask, true box green, CAM box red):", ""]
+            out += [f"![overlay]({p})" for p in loc["overlays"][:6]]
     cams = report.get("cam_overlays")
     if cams and cams.get("overlays"):
         out += ["", "## CAM overlays", "", f"{cams['note']}. Box rule: {cams['box_rule']}.", ""]
@@ -339,11 +374,7 @@ def markdown(report):
     seg = report.get("segmentation")
     if seg:
         out += ["", f"## Segmentation ({seg['n_images']} images, {seg['resolution']} px)", "",
-                "| Structure | Dice | IoU |", "|---|---:|---:|"]
-        for name, s in seg["structures"].items():
-            out.append(f"| {name} | {s['dice']:.4f} | {s['iou']:.4f} |")
-        out += ["", "Masks binarised at 0.5; per-image scores averaged; `lungs` = both lungs "
-                    "together, `union` = lungs and heart."]
+                segmentation_markdown(seg)]
     return "\n".join(out) + "\n"
 
 
