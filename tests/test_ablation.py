@@ -1,0 +1,67 @@
+"""The ablation runner: variant configs, a tiny two-variant run, the shortcut comparison."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cxr_tf import configs
+from cxr_tf.evaluation import ablation
+
+
+def test_variant_config_keeps_data_and_training_and_sets_backbones():
+    base = configs.demo()
+    irnet = ablation.variant_config(base, "cxr_irnet")
+    dcnn = ablation.variant_config(base, "dcnn", {"dcnn": {"input_size": 64, "resize_size": 64}})
+    assert irnet.classifier.backbone == "densenet_tiny"  # the preset's small DenseNet
+    assert dcnn.classifier.backbone == "" and dcnn.classifier.input_size == 64  # ResNet-50
+    assert irnet.data == dcnn.data and irnet.seed == dcnn.seed
+    assert irnet.classifier.epochs == dcnn.classifier.epochs
+    assert base.classifier.variant == "cxr_irnet" and base.classifier.input_size == 128
+    with pytest.raises(ValueError, match="no field"):
+        ablation.variant_config(base, "dcnn", {"dcnn": {"depth": 3}})
+    with pytest.raises(ValueError, match="Unknown variant"):
+        ablation.variant_config(base, "vgg")
+
+
+@pytest.mark.slow
+def test_tiny_ablation_and_shortcut_table(tmp_path, tiny_config, tiny_builder,
+                                          tiny_segmenter_path):
+    data_dir = os.path.dirname(os.path.dirname(os.path.dirname(tiny_builder.data_dir)))
+    summary = ablation.run_ablation(tiny_config, data_dir, str(tmp_path / "clean"),
+                                    variants=("cxr_irnet", "chexnet"),
+                                    segmenter_path=tiny_segmenter_path, n_resamples=20,
+                                    max_overlays=1)
+    assert [r["variant"] for r in summary["variants"]] == ["cxr_irnet", "chexnet"]
+    irnet, chexnet = summary["variants"]
+    assert irnet["feature_weighting"] and irnet["attention"] and not chexnet["attention"]
+    assert irnet["epochs"] == tiny_config.classifier.epochs
+    assert irnet["paper_mean_auroc"] == 0.8335 and chexnet["paper_mean_auroc"] == 0.8105
+    assert summary["weighting_effect"] == []  # no pair differing only by weighting was run
+    with open(tmp_path / "clean" / ablation.SUMMARY_JSON) as f:
+        assert json.load(f)["dataset"] == summary["dataset"]
+    md = (tmp_path / "clean" / ablation.SUMMARY_MD).read_text()
+    assert "`cxr_irnet`" in md and "Not measured here" in md and "densenet_tiny" in md
+    assert os.path.exists(irnet["report"])
+
+    # The comparison table from two summaries (the same run stands in for the shortcut one).
+    shortcut = dict(summary, dataset="synthetic_cxr/shortcut", weighting_effect=[
+        {"with_weighting": "cxr_irnet", "without_weighting": "no_weighting", "split": "test",
+         "difference": 0.1, "low": 0.02, "high": 0.2, "undefined": 0}])
+    comparison = ablation.compare_shortcut(summary, shortcut, str(tmp_path))
+    assert comparison["rows"][0]["excess_fall"] == pytest.approx(0.0)
+    md = (tmp_path / ablation.COMPARISON_MD).read_text()
+    assert "tags random" in md and "weighting helps" in md
+
+
+def test_binary_help_and_bad_flags(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pipelines.ablation", *a],  # noqa
+                                    capture_output=True, text=True, env=env, timeout=300)
+    out = run("--help").stdout
+    for needle in ("--variants", "--data_variants", "--dcnn_input_size", "shortcut", "ResNet-50"):
+        assert needle in out
+    bad = run(f"--work_dir={tmp_path}", "--variants=vgg")
+    assert bad.returncode != 0 and "Unknown --variants" in bad.stderr
