@@ -81,6 +81,9 @@ def test_localise_scores_every_true_box_against_one_cam_box_per_class():
     assert nodule["hit_rate"] == {"0.1": 1.0, "0.25": 0.5, "0.5": 0.5}
     assert s["overall"]["n_boxes"] == 3 and s["overall"]["hit_rate"]["0.1"] == pytest.approx(2 / 3)
     assert s["classes"][0]["mean_iou"] is None  # a class without boxes
+    # Whole-input reference box: [0, 0, 128, 128] in the stored frame; IoU = box area / 128^2.
+    assert records[1]["iou_whole_input"] == pytest.approx(80 * 80 / 128 ** 2)
+    assert s["whole_input_box"]["n_boxes"] == 3
     assert "no ground-truth box size" in s["box_rule"]
     with pytest.raises(ValueError, match="box labels"):
         loc.localise(cams, boxes, [NODULE], g)

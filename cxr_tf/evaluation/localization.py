@@ -207,7 +207,8 @@ def localise(cams, boxes, box_labels, geometry, threshold=DEFAULT_CAM_THRESHOLD,
 
     Returns:
       a list of dicts, one per true box: image_id, class, class_index, true_box, pred_box (both in
-      stored-image pixels; pred_box None when the CAM is constant) and iou.
+      stored-image pixels; pred_box None when the CAM is constant), iou, and iou_whole_input
+      (the IoU a box covering the whole model input would get: a trivial reference).
     """
     cams = np.asarray(cams)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -231,6 +232,9 @@ def localise(cams, boxes, box_labels, geometry, threshold=DEFAULT_CAM_THRESHOLD,
             "true_box": [float(v) for v in box],
             "pred_box": None if pred is None else [float(v) for v in pred],
             "iou": 0.0 if pred is None else metrics.box_iou(box, pred),
+            # Reference: the trivial box covering the whole model input.
+            "iou_whole_input": metrics.box_iou(box, geometry.to_stored(
+                [0, 0, geometry.input_size, geometry.input_size])),
         })
     return records
 
@@ -240,8 +244,9 @@ def summarise(records, iou_thresholds=IOU_THRESHOLDS, threshold=DEFAULT_CAM_THRE
 
     Returns:
       dict with "classes" (one entry per finding: n_boxes, mean_iou, and hit_rate per IoU
-      threshold, None where a class has no box), "overall" (the same over all boxes), "n_images",
-      "iou_thresholds", "box_rule".
+      threshold, None where a class has no box), "overall" (the same over all boxes),
+      "whole_input_box" (the same for the trivial box covering the whole model input: what a
+      model with no localisation at all would score), "n_images", "iou_thresholds", "box_rule".
     """
     def scores(ious):
         if len(ious) == 0:
@@ -256,6 +261,7 @@ def summarise(records, iou_thresholds=IOU_THRESHOLDS, threshold=DEFAULT_CAM_THRE
         classes.append({"name": name, **scores([r["iou"] for r in records
                                                 if r["class_index"] == c])})
     return {"classes": classes, "overall": scores([r["iou"] for r in records]),
+            "whole_input_box": scores([r.get("iou_whole_input", 0.0) for r in records]),
             "n_images": len({r["image_id"] for r in records}),
             "iou_thresholds": list(iou_thresholds), "cam_threshold": float(threshold),
             "box_rule": BOX_RULE.format(threshold=threshold)}

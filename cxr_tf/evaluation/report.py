@@ -321,6 +321,12 @@ def localisation_markdown(loc):
             continue
         out.append(f"| {c['name']} | {c['n_boxes']} | {_fmt(c['mean_iou'], 3)} | "
                    + " | ".join(_fmt(c["hit_rate"][f"{t:g}"], 3) for t in ts) + " |")
+    base = loc.get("whole_input_box")
+    if base and base["n_boxes"]:
+        out += ["", "Reference: a box covering the whole model input would score mean IoU "
+                f"{_fmt(base['mean_iou'], 3)}; "
+                + ", ".join(f"IoU >= {t:g}: {_fmt(base['hit_rate'][f'{t:g}'], 3)}" for t in ts)
+                + "."]
     out += ["", "Published CAM box IoU ("
             + ", ".join(f"{k}: {v:.4f}" for k, v in PAPER_ORACLE_BOX_IOU.items())
             + f"; {PAPER_CITATION}) used boxes of the ground-truth SIZE placed at CAM peaks, an "
