@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 
-import cv2
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -22,7 +22,6 @@ import tensorflow as tf
 
 import serving_fixtures as sf
 from cxr_tf import labels
-from cxr_tf.serving import export as export_lib
 from cxr_tf.serving import rest
 
 OUTPUTS = ["class_activation_maps", "decisions", "low_mask_coverage", "mask_coverage",

@@ -219,7 +219,7 @@ def _ci(pair, digits=3):
 
 def _setting_line(summary):
     c = summary["config"]
-    clf, data = c["classifier"], c["data"]
+    clf = c["classifier"]
     line = (f"Data: `{summary['dataset']}` ({summary['n_test_images']} test images). Shared: "
             f"seed {c['seed']}, {clf['epochs']} epochs, batch {clf['batch_size']}, Adam lr "
             f"{clf['learning_rate']:g}, weight decay {clf['weight_decay']:g}, input "

@@ -5,3 +5,7 @@ from cxr_tf.models.classifier import VARIANTS, CXRClassifier, build_classifier, 
 from cxr_tf.models.layers import FeatureWeighting, GreyToBackboneInput, MultiScaleAttention
 from cxr_tf.models.losses import SoftDiceLoss
 from cxr_tf.models.unet import UNetSegmenter
+
+__all__ = ["BACKBONES", "VARIANTS", "CXRClassifier", "FeatureWeighting", "GreyToBackboneInput",
+           "MultiScaleAttention", "SoftDiceLoss", "UNetSegmenter", "build_backbone",
+           "build_classifier", "load_model"]

@@ -220,6 +220,26 @@ def generate(builder, split, fn, jobs, chunksize):
         raise
 
 
+def decoded_cases(builder, split, fn, jobs, chunksize):
+    """Runs `fn` over `jobs` like `generate` and yields `(name, result)` for every case that
+    decoded. Unreadable cases are skipped and counted as "image_unreadable", a result's "notes"
+    are counted, built images are counted per split; after the last case the split is checked
+    (not every image unreadable) and finished (`finish_split`)."""
+    summary = builder._summary
+    built = 0
+    for name, result, message in generate(builder, split, fn, jobs, chunksize):
+        if result is None:
+            summary.skip("image_unreadable", warn=True, example=message)
+            continue
+        for note in result["notes"]:
+            summary.count_note(note)
+        summary.built(split)
+        built += 1
+        yield name, result
+    check_not_all_unreadable(split, len(jobs), built, summary, "image_unreadable")
+    finish_split(builder, split)
+
+
 def drop_empty_splits(builder, splits):
     """Removes splits with nothing to build (TFDS cannot write an empty split), noting and logging
     them: {split: names} -> {split: names} with every value non-empty."""

@@ -235,16 +235,8 @@ class JsrtScr(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split, names):
         size = self.builder_config.image_size
-        built = 0
         jobs = [(n, *self._cases[n], size) for n in names]
-        for name, result, message in _common.generate(self, split, _imaging.jsrt_job, jobs, 4):
-            if result is None:
-                self._summary.skip("image_unreadable", warn=True, example=message)
-                continue
-            for note in result["notes"]:
-                self._summary.count_note(note)
-            self._summary.built(split)
-            built += 1
+        for name, result in _common.decoded_cases(self, split, _imaging.jsrt_job, jobs, 4):
             clavicles = result["clavicles"]
             yield name, {
                 fk.IMAGE: result["image"],
@@ -257,9 +249,6 @@ class JsrtScr(tfds.core.GeneratorBasedBuilder):
                 fk.NODULE: name.startswith("JPCLN"),
                 fk.FOLD: np.int32(self._folds[name][0]),
             }
-        _common.check_not_all_unreadable(split, len(jobs), built, self._summary,
-                                         "image_unreadable")
-        _common.finish_split(self, split)
 
 
 def make_builder(data_dir, image_size=256, validation_fraction=0.1, split_seed=0):

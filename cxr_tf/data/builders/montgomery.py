@@ -217,16 +217,8 @@ class Montgomery(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split, stems):
         size = self.builder_config.image_size
-        built = 0
         jobs = [(s, *self._cases[s], size) for s in stems]
-        for stem, result, message in _common.generate(self, split, _imaging.lungs_job, jobs, 2):
-            if result is None:
-                self._summary.skip("image_unreadable", warn=True, example=message)
-                continue
-            for note in result["notes"]:
-                self._summary.count_note(note)
-            self._summary.built(split)
-            built += 1
+        for stem, result in _common.decoded_cases(self, split, _imaging.lungs_job, jobs, 2):
             sex, age = ("", -1)
             if stem in self._readings:
                 sex, age = read_clinical(self._readings[stem])
@@ -240,9 +232,6 @@ class Montgomery(tfds.core.GeneratorBasedBuilder):
                 fk.SEX: sex,
                 fk.AGE: np.int32(age),
             }
-        _common.check_not_all_unreadable(split, len(jobs), built, self._summary,
-                                         "image_unreadable")
-        _common.finish_split(self, split)
 
 
 def make_builder(data_dir, image_size=256, validation_fraction=0.1, test_fraction=0.2,
