@@ -40,6 +40,9 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6"],
         "notebook": ["jupyterlab", "ipykernel>=6"],
+        # benchmarks/ only: the PyTorch reference peer. Pinned to the release whose CPU wheel
+        # lies on the project's machines; never a core dependency. See BENCHMARKS.md.
+        "bench": ["torch==2.13.0"],
     },
     entry_points={
         "console_scripts": [

@@ -182,7 +182,8 @@ def run(args):
     return results
 
 
-def _parse_args():
+def _parse_args(argv=None):
+    """Parses `argv` (default: the command line); run_all.py passes its own."""
     here = os.path.dirname(os.path.abspath(__file__))
     sample = os.path.join(here, "..", "..", "shared", "data", "chestxray14_sample")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -195,7 +196,7 @@ def _parse_args():
     parser.add_argument("--repeats", type=int, default=2, help="bare/build measurement pairs")
     parser.add_argument("--official_size", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure on copies upscaled to 1024 x 1024")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":  # needed: the worker processes are spawned
