@@ -30,20 +30,7 @@ from absl import app, flags
 from pipelines import flags as cxr_flags
 
 cxr_flags.define_common()
-flags.DEFINE_list("variants", ["cxr_irnet", "no_weighting", "no_attention", "chexnet", "dcnn"],
-                  "Variants to train and compare, in table order.")
-flags.DEFINE_list("data_variants", ["clean", "shortcut"], "Phantom data variants: 'clean' and/or "
-                  "'shortcut' (synthetic_cxr only; real data sets run as they are).")
-flags.DEFINE_integer("epochs", None, "Classifier training epochs for every variant (overrides "
-                     "the preset).", lower_bound=1)
-flags.DEFINE_integer("batch_size", None, "Classifier batch size.", lower_bound=1)
-flags.DEFINE_float("learning_rate", None, "Classifier Adam learning rate.")
-flags.DEFINE_integer("dcnn_input_size", None, "Input side of the ResNet-50 baseline only (a "
-                     "multiple of 32; default: the preset's, like every other variant).")
-flags.DEFINE_string("segmenter", None, "A trained segmenter (.keras) to use instead of training "
-                    "one.")
-flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of every interval.", lower_bound=0)
-flags.DEFINE_integer("overlays", 4, "CAM overlay PNGs per variant.", lower_bound=0)
+cxr_flags.define_ablation()
 flags.adopt_module_key_flags(cxr_flags)
 
 ABLATION_DIR = "ablation"

@@ -40,34 +40,7 @@ from absl import app, flags
 from pipelines import flags as cxr_flags
 
 cxr_flags.define_common()
-flags.DEFINE_string("model", None, "Classifier to evaluate: a .keras file (its directory's "
-                    "experiment.json gives the data set and preprocessing), or an exported "
-                    "SavedModel version directory or export base directory (data set from "
-                    "--config and the data flags). Default WORK_DIR/classifier/best.keras; "
-                    "'none' evaluates only the segmenter.")
-flags.DEFINE_enum("signature", "predict_pixels", ["predict_pixels", "serving_default"],
-                  "SavedModel signature: predict_pixels (float images) or serving_default "
-                  "(images PNG-encoded first: the full serving path, decoding included).")
-flags.DEFINE_string("segmenter_model", None, "Segmenter .keras file to score with Dice and IoU "
-                    "per structure (default WORK_DIR/segmenter/best.keras when it exists; "
-                    "'none' skips).")
-flags.DEFINE_string("split", "test", "Split to evaluate. Thresholds always come from the "
-                    "'validation' split.")
-flags.DEFINE_string("out_dir", None, "Report directory (default WORK_DIR/eval).")
-flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the intervals (0: none).",
-                     lower_bound=0)
-flags.DEFINE_float("cam_threshold", 0.5, "Box rule: fraction of the normalised CAM maximum a "
-                   "pixel must reach to belong to the box's connected component.",
-                   lower_bound=0.01, upper_bound=1.0)
-flags.DEFINE_integer("overlays", 24, "Number of CAM overlay PNGs (0: none).", lower_bound=0)
-flags.DEFINE_string("box_split", None, "Split with ground-truth boxes for localisation (default "
-                    "'bbox' when the data set has it, else --split).")
-flags.DEFINE_string("segmentation_dataset", None, "Data set for the segmenter's scores (default: "
-                    "the evaluated data set; e.g. jsrt_scr, montgomery, synthetic_cxr).")
-flags.DEFINE_string("segmentation_split", None, "Split for the segmenter's scores (default "
-                    "--split).")
-flags.DEFINE_string("segmentation_manual_dir", None, "Raw download of --segmentation_dataset "
-                    "(real data sets only).")
+cxr_flags.define_evaluate()
 flags.adopt_module_key_flags(cxr_flags)
 
 

@@ -10,15 +10,8 @@ from absl import app, flags
 
 from pipelines import flags as cxr_flags
 
-flags.DEFINE_string("work_dir", None, "Work directory holding classifier/ and eval/.",
-                    required=True)
-flags.DEFINE_string("model", None, "Classifier .keras file (default WORK_DIR/classifier/"
-                    "best.keras).")
-flags.DEFINE_string("export_dir", None, "Model base directory (default WORK_DIR/export); the "
-                    "version is a numbered subdirectory, as TF Serving expects.")
-flags.DEFINE_integer("version", None, "Version number (default: next free one).")
-flags.DEFINE_string("report", None, "Evaluation report.json whose validation-chosen thresholds "
-                    "are exported (default WORK_DIR/eval/report.json when it exists).")
+cxr_flags.define_export()
+flags.adopt_module_key_flags(cxr_flags)
 
 
 def main(argv):

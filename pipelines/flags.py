@@ -112,6 +112,91 @@ def define_segmenter():
     flags.DEFINE_integer("segmenter_filters", None, "U-Net filters at the first level.")
 
 
+def define_export():
+    """Flags of cxr-export."""
+    flags.DEFINE_string("work_dir", None, "Work directory holding classifier/ and eval/.",
+                        required=True)
+    flags.DEFINE_string("model", None, "Classifier .keras file (default WORK_DIR/classifier/"
+                        "best.keras).")
+    flags.DEFINE_string("export_dir", None, "Model base directory (default WORK_DIR/export); the "
+                        "version is a numbered subdirectory, as TF Serving expects.")
+    flags.DEFINE_integer("version", None, "Version number (default: next free one).")
+    flags.DEFINE_string("report", None, "Evaluation report.json whose validation-chosen thresholds "
+                        "are exported (default WORK_DIR/eval/report.json when it exists).")
+
+def define_predict():
+    """Flags of cxr-predict."""
+    flags.DEFINE_string("model", None, "Export directory: a version directory or the base "
+                        "directory (highest version used).", required=True)
+    flags.DEFINE_string("output", None, "Write the JSON lines to this file instead of stdout.")
+    flags.DEFINE_string("overlay_dir", None, "Write a heat-map overlay PNG per image here.")
+    flags.DEFINE_integer("overlay_top_k", 3, "Findings (highest probabilities) shown per overlay.",
+                         lower_bound=1)
+    flags.DEFINE_string("colormap", "jet", "Matplotlib colour map of the overlays.")
+    flags.DEFINE_integer("batch_size", 16, "Images per call of the model.", lower_bound=1)
+    flags.DEFINE_float("warn_coverage", None, "Warn when the lung-and-heart mask covers less than "
+                       "this share of the image (default: the model's own minimum, below which "
+                       "the features are not weighted).", lower_bound=0.0, upper_bound=1.0)
+
+def define_rest():
+    """Flags of the local TF Serving REST stand-in (python -m pipelines.rest)."""
+    flags.DEFINE_string("model", None, "Export directory: the model base path (versions in numbered "
+                        "subdirectories; the highest is used) or one version directory.",
+                        required=True)
+    flags.DEFINE_bool("serve", False, "Serve TF Serving's REST URLs instead of answering a file.")
+    flags.DEFINE_string("model_name", "cxr", "Model name in the URLs (/v1/models/<name>:predict).")
+    flags.DEFINE_string("host", "127.0.0.1", "Address to listen on with --serve.")
+    flags.DEFINE_integer("port", 8501, "Port with --serve (TF Serving's REST default is 8501; 0 "
+                         "picks a free one).")
+
+def define_evaluate():
+    """Flags of cxr-evaluate (besides define_common)."""
+    flags.DEFINE_string("model", None, "Classifier to evaluate: a .keras file (its directory's "
+                        "experiment.json gives the data set and preprocessing), or an exported "
+                        "SavedModel version directory or export base directory (data set from "
+                        "--config and the data flags). Default WORK_DIR/classifier/best.keras; "
+                        "'none' evaluates only the segmenter.")
+    flags.DEFINE_enum("signature", "predict_pixels", ["predict_pixels", "serving_default"],
+                      "SavedModel signature: predict_pixels (float images) or serving_default "
+                      "(images PNG-encoded first: the full serving path, decoding included).")
+    flags.DEFINE_string("segmenter_model", None, "Segmenter .keras file to score with Dice and IoU "
+                        "per structure (default WORK_DIR/segmenter/best.keras when it exists; "
+                        "'none' skips).")
+    flags.DEFINE_string("split", "test", "Split to evaluate. Thresholds always come from the "
+                        "'validation' split.")
+    flags.DEFINE_string("out_dir", None, "Report directory (default WORK_DIR/eval).")
+    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the intervals (0: none).",
+                         lower_bound=0)
+    flags.DEFINE_float("cam_threshold", 0.5, "Box rule: fraction of the normalised CAM maximum a "
+                       "pixel must reach to belong to the box's connected component.",
+                       lower_bound=0.01, upper_bound=1.0)
+    flags.DEFINE_integer("overlays", 24, "Number of CAM overlay PNGs (0: none).", lower_bound=0)
+    flags.DEFINE_string("box_split", None, "Split with ground-truth boxes for localisation (default "
+                        "'bbox' when the data set has it, else --split).")
+    flags.DEFINE_string("segmentation_dataset", None, "Data set for the segmenter's scores (default: "
+                        "the evaluated data set; e.g. jsrt_scr, montgomery, synthetic_cxr).")
+    flags.DEFINE_string("segmentation_split", None, "Split for the segmenter's scores (default "
+                        "--split).")
+    flags.DEFINE_string("segmentation_manual_dir", None, "Raw download of --segmentation_dataset "
+                        "(real data sets only).")
+
+def define_ablation():
+    """Flags of cxr-ablation (besides define_common)."""
+    flags.DEFINE_list("variants", ["cxr_irnet", "no_weighting", "no_attention", "chexnet", "dcnn"],
+                      "Variants to train and compare, in table order.")
+    flags.DEFINE_list("data_variants", ["clean", "shortcut"], "Phantom data variants: 'clean' and/or "
+                      "'shortcut' (synthetic_cxr only; real data sets run as they are).")
+    flags.DEFINE_integer("epochs", None, "Classifier training epochs for every variant (overrides "
+                         "the preset).", lower_bound=1)
+    flags.DEFINE_integer("batch_size", None, "Classifier batch size.", lower_bound=1)
+    flags.DEFINE_float("learning_rate", None, "Classifier Adam learning rate.")
+    flags.DEFINE_integer("dcnn_input_size", None, "Input side of the ResNet-50 baseline only (a "
+                         "multiple of 32; default: the preset's, like every other variant).")
+    flags.DEFINE_string("segmenter", None, "A trained segmenter (.keras) to use instead of training "
+                        "one.")
+    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of every interval.", lower_bound=0)
+    flags.DEFINE_integer("overlays", 4, "CAM overlay PNGs per variant.", lower_bound=0)
+
 def setup_logging():
     """Shows cxr_tf's INFO lines; other libraries (TensorFlow, TFDS) log warnings and errors only.
 

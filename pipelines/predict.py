@@ -22,19 +22,10 @@ import sys
 
 from absl import app, flags
 
-import pipelines  # noqa: F401  (TensorFlow environment defaults)
+from pipelines import flags as cxr_flags  # also sets TensorFlow environment defaults
 
-flags.DEFINE_string("model", None, "Export directory: a version directory or the base "
-                    "directory (highest version used).", required=True)
-flags.DEFINE_string("output", None, "Write the JSON lines to this file instead of stdout.")
-flags.DEFINE_string("overlay_dir", None, "Write a heat-map overlay PNG per image here.")
-flags.DEFINE_integer("overlay_top_k", 3, "Findings (highest probabilities) shown per overlay.",
-                     lower_bound=1)
-flags.DEFINE_string("colormap", "jet", "Matplotlib colour map of the overlays.")
-flags.DEFINE_integer("batch_size", 16, "Images per call of the model.", lower_bound=1)
-flags.DEFINE_float("warn_coverage", None, "Warn when the lung-and-heart mask covers less than "
-                   "this share of the image (default: the model's own minimum, below which "
-                   "the features are not weighted).", lower_bound=0.0, upper_bound=1.0)
+cxr_flags.define_predict()
+flags.adopt_module_key_flags(cxr_flags)
 
 
 def _overlay_name(path, used):

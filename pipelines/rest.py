@@ -20,16 +20,10 @@ import sys
 
 from absl import app, flags
 
-import pipelines  # noqa: F401  (TensorFlow environment defaults)
+from pipelines import flags as cxr_flags  # also sets TensorFlow environment defaults
 
-flags.DEFINE_string("model", None, "Export directory: the model base path (versions in numbered "
-                    "subdirectories; the highest is used) or one version directory.",
-                    required=True)
-flags.DEFINE_bool("serve", False, "Serve TF Serving's REST URLs instead of answering a file.")
-flags.DEFINE_string("model_name", "cxr", "Model name in the URLs (/v1/models/<name>:predict).")
-flags.DEFINE_string("host", "127.0.0.1", "Address to listen on with --serve.")
-flags.DEFINE_integer("port", 8501, "Port with --serve (TF Serving's REST default is 8501; 0 "
-                     "picks a free one).")
+cxr_flags.define_rest()
+flags.adopt_module_key_flags(cxr_flags)
 
 
 def main(argv):
