@@ -54,6 +54,7 @@ setup(
             "cxr-ablation=pipelines.ablation:run",
             "cxr-export=pipelines.export:run",
             "cxr-predict=pipelines.predict:run",
+            "cxr-rest=pipelines.rest:run",
         ],
     },
 )

@@ -139,7 +139,7 @@ def define_predict():
                        "the features are not weighted).", lower_bound=0.0, upper_bound=1.0)
 
 def define_rest():
-    """Flags of the local TF Serving REST stand-in (python -m pipelines.rest)."""
+    """Flags of the local TF Serving REST stand-in (cxr-rest)."""
     flags.DEFINE_string("model", None, "Export directory: the model base path (versions in numbered "
                         "subdirectories; the highest is used) or one version directory.",
                         required=True)

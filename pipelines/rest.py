@@ -2,10 +2,10 @@
 
 Answer one request body (as you would POST it to /v1/models/<name>:predict) and print the
 response TF Serving would send:
-  python -m pipelines.rest --model=work/export request.json        # or - for stdin
+  cxr-rest --model=work/export request.json        # or - for stdin
 
 Serve TF Serving's REST URLs on localhost for trying curl commands and client code:
-  python -m pipelines.rest --model=work/export --serve --model_name=cxr --port=8501
+  cxr-rest --model=work/export --serve --model_name=cxr --port=8501
   curl -d @request.json http://localhost:8501/v1/models/cxr:predict
 
 The request mapping (instances/inputs, b64 objects, predictions/outputs) is TF Serving's; see

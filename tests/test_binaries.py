@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 BINARIES = ["build_dataset", "train_segmenter", "train_classifier", "evaluate", "export",
-            "predict", "demo"]
+            "predict", "rest", "ablation", "demo"]
 
 
 def run(binary, *args, check=True):
