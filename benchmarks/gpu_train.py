@@ -109,7 +109,8 @@ def run_keras(name, args):
     model = keras_bench.build_model(cfg["model"], size, backbone, *unet, policy=cfg["policy"],
                                     seg_policy=cfg.get("seg_policy", "float32"))
     x, y = keras_bench.make_batch(cfg["model"], args.batch_size, size)
-    trainer = keras_bench.Trainer(model, x, y, jit_compile=cfg["jit"])
+    trainer = keras_bench.Trainer(model, x, y, jit_compile=cfg["jit"],
+                                  steps_per_execution=args.steps_per_execution)
     warm = trainer.warm_up(args.warmup)
     rates = [trainer.images_per_second(args.steps) for _ in range(args.repeats)]
     backend = keras.backend.backend()
@@ -136,6 +137,7 @@ def child(args):
     out = run_torch(name, args) if framework == "torch" else run_keras(name, args)
     out.update(config=f"{framework}:{name}", batch_size=args.batch_size,
                steps=args.steps, repeats=args.repeats,
+               steps_per_execution=args.steps_per_execution if framework == "keras" else None,
                images_per_s=round(statistics.median(out.pop("rates")), 1),
                seconds=round(time.time() - start, 1))
     print("RESULT " + json.dumps(out), flush=True)
@@ -145,7 +147,8 @@ def _child_command(args, config):
     cmd = [sys.executable, os.path.abspath(__file__), f"--child={config}",
            f"--device={args.device}", f"--batch_size={args.batch_size}",
            f"--steps={args.steps}", f"--repeats={args.repeats}", f"--warmup={args.warmup}",
-           f"--input_size={args.input_size}"]
+           f"--input_size={args.input_size}",
+           f"--steps_per_execution={args.steps_per_execution}"]
     if args.tiny:
         cmd.append("--tiny")
     if args.compile is not None:
@@ -191,6 +194,8 @@ def main():
                         help="tiny models (densenet_tiny at 64 px) to check the script on a CPU")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="--no-compile turns torch.compile off in every configuration")
+    parser.add_argument("--steps_per_execution", type=int, default=1,
+                        help="Keras compile(steps_per_execution=N): N steps per device call")
     parser.add_argument("--json_out", default="", help="also write the results as JSON here")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()

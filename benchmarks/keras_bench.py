@@ -12,9 +12,10 @@ Configurations (the same names as the PyTorch reference's, torch_reference.build
                 image -> attention -> DenseNet121 -> FeatureWeighting(mask) -> head.
   no_weighting  cxr_tf's `no_weighting` variant (attention, backbone, head; no mask at all).
 
-Training is Keras' own `fit` (Adam 1e-3 with weight decay 1e-4, binary cross-entropy, as the
-paper), over one fixed batch held in memory (on the device, for JAX), so that the figure is the
-model's step, not the input pipeline's.
+Training: Adam 1e-3 with weight decay 1e-4 and binary cross-entropy (the paper), over one fixed
+batch held in memory (on the device, for JAX), so that the figure is the model's step, not the
+input pipeline's. On JAX the step is Keras' own `fit`; on TensorFlow a tf.function step as
+cxr_tf.training.loop runs it (see Trainer).
 
 Run on its own it times one configuration:
     .venv/bin/python benchmarks/keras_bench.py --config=inline --batch_size=8 --steps=3
@@ -137,18 +138,39 @@ def _dataset(x, y):
 
 
 class Trainer:
-    """One compiled model and its batch; `images_per_second(steps)` times `fit` for N steps."""
+    """One compiled model and its batch; `images_per_second(steps)` times N training steps.
 
-    def __init__(self, model, x, y, jit_compile=False):
+    On JAX: Keras' own `fit` (XLA-compiled with jit_compile), the batch on the device.
+    On TensorFlow: a tf.function step with GradientTape and the same optimizer and loss, as
+    cxr_tf.training.loop trains (Keras' `fit` on TensorFlow stalled its input iterator here, in
+    quanta of about 2.5 s per call on the 2-core CPU, which timed the iterator, not the model).
+    """
+
+    def __init__(self, model, x, y, jit_compile=False, steps_per_execution=1):
         import keras
         self.model = model
         self.batch_size = int(y.shape[0])
-        model.compile(optimizer=keras.optimizers.Adam(1e-3, weight_decay=1e-4),
-                      loss="binary_crossentropy", jit_compile=jit_compile)
-        self.data = _dataset(x, y)
+        self.backend = keras.backend.backend()
+        optimizer = keras.optimizers.Adam(1e-3, weight_decay=1e-4)
+        if self.backend == "tensorflow":
+            self.step = _tf_train_step(model, optimizer, jit_compile)
+            import tensorflow as tf
+            self.x = tf.nest.map_structure(tf.constant, x)
+            self.y = tf.constant(y)
+        else:
+            model.compile(optimizer=optimizer, loss="binary_crossentropy",
+                          jit_compile=jit_compile, steps_per_execution=int(steps_per_execution))
+            self.data = _dataset(x, y)
         self.compiled = False
 
     def fit(self, steps):
+        if self.backend == "tensorflow":
+            for _ in range(int(steps)):
+                loss = self.step(self.x, self.y)
+            loss = float(loss)  # waits for the last step
+            if loss != loss:
+                raise FloatingPointError("training loss became NaN")
+            return
         self.model.fit(self.data, steps_per_epoch=int(steps), epochs=1, verbose=0, shuffle=False)
 
     def warm_up(self, steps=2):
@@ -164,6 +186,23 @@ class Trainer:
         start = time.perf_counter()
         self.fit(steps)
         return steps * self.batch_size / (time.perf_counter() - start)
+
+
+def _tf_train_step(model, optimizer, jit_compile):
+    """The training step of cxr_tf.training.loop (single device): BCE, Adam, no strategy."""
+    import keras
+    import tensorflow as tf
+    optimizer.build(model.trainable_variables)
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            loss = tf.reduce_mean(keras.losses.binary_crossentropy(y, pred))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return tf.function(step, jit_compile=bool(jit_compile))
 
 
 def trainable_count(model):

@@ -49,7 +49,7 @@ import keras_bench  # noqa: E402
 
 RESULTS = "segmenter_size.json"
 DEFAULT_SIZES = "56:8:3,112:8,56:4:3,112:4,112:16,224:8,224:16"
-DEFAULT_OVERHEAD = "224:64,224:16,112:16,112:8,112:4,56:16:3,56:8:3,56:4:3"
+DEFAULT_OVERHEAD = "224:64,224:16,224:8,112:16,112:8,112:4,56:8:3,56:4:3"
 
 
 def parse_spec(spec):
@@ -318,7 +318,7 @@ def main():
     parser.add_argument("--num_train", type=int, default=1000)
     parser.add_argument("--num_validation", type=int, default=100)
     parser.add_argument("--num_test", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of every U-Net")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of every U-Net")
     parser.add_argument("--batch_size", type=int, default=8, help="U-Net training batch")
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--input_size", type=int, default=224, help="classifier input side")
