@@ -17,7 +17,8 @@ interleaved (each repeat measures every system in turn; medians reported):
          on the shared ChestX-ray14 sample (skipped when it is absent).
 
 GPU figures come from gpu_train.py on a GPU host; this script never needs one. Check `uptime`
-first: a 1-minute load average above ~1.2 makes CPU timings (PyTorch's especially) unreliable.
+first: a 1-minute load average above ~1.2 makes CPU timings (PyTorch's especially) unreliable;
+each section reports the share of the CPU other processes took while it ran.
 
     .venv/bin/python benchmarks/run_all.py --quick        # about 10 minutes on 2 cores
     .venv/bin/python benchmarks/run_all.py                # fuller: more repeats, about 25 min
@@ -62,6 +63,45 @@ def machine():
     return {"cpu": cpu, "cores": os.cpu_count(), **versions,
             "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
             "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
+def _busy_cpu_seconds():
+    """CPU seconds the whole machine has been busy (all processes), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds():
+    import resource
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class Interference:
+    """Share of the machine's cores that OTHER processes used while a section ran.
+
+    The load average cannot tell: this benchmark's own two threads make it about 2. Machine
+    busy time (/proc/stat) minus this process's (and its children's) CPU time can.
+    """
+
+    def __enter__(self):
+        self.wall, self.busy, self.own = time.time(), _busy_cpu_seconds(), _own_cpu_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.time() - self.wall
+        busy = _busy_cpu_seconds()
+        self.share = None
+        if busy is not None and self.busy is not None and wall > 0:
+            others = (busy - self.busy) - (_own_cpu_seconds() - self.own)
+            self.share = max(0.0, others) / (wall * (os.cpu_count() or 1))
+        return False
 
 
 def settings(args):
@@ -268,13 +308,18 @@ def main():
     for name in sections:
         load0 = os.getloadavg()[0]
         start = time.time()
-        rows, detail = functions[name](args, s)
-        load1 = os.getloadavg()[0]
-        detail.update(load_average_1min=[round(load0, 2), round(load1, 2)],
-                      seconds=round(time.time() - start, 1))
-        if max(load0, load1) > 1.2 and not args.smoke:
-            log(f"[{name}] WARNING: 1-minute load average {load0:.2f} -> {load1:.2f}: other "
-                f"work shared the CPU; these timings are not reliable")
+        with Interference() as other:
+            rows, detail = functions[name](args, s)
+        detail.update(load_average_1min_before=round(load0, 2),
+                      seconds=round(time.time() - start, 1),
+                      other_processes_cpu_share=None if other.share is None
+                      else round(other.share, 3))
+        if other.share is not None:
+            log(f"[{name}] other processes used {100 * other.share:.1f}% of the CPU during "
+                f"this section ({detail['seconds']:.0f} s; load average before: {load0:.2f})")
+            if other.share > 0.1 and not args.smoke:
+                log(f"[{name}] WARNING: other work shared the CPU; these timings are not "
+                    f"reliable")
         details[name] = detail
         all_rows += rows
     text = table(all_rows, no_peer="skipped (no PyTorch)" if args.no_torch else "n/a")
