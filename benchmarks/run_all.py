@@ -20,8 +20,8 @@ GPU figures come from gpu_train.py on a GPU host; this script never needs one. C
 first: a 1-minute load average above ~1.2 makes CPU timings (PyTorch's especially) unreliable;
 each section reports the share of the CPU other processes took while it ran.
 
-    .venv/bin/python benchmarks/run_all.py --quick        # about 10 minutes on 2 cores
-    .venv/bin/python benchmarks/run_all.py                # fuller: more repeats, about 25 min
+    .venv/bin/python benchmarks/run_all.py --quick        # about 4 minutes on 2 cores
+    .venv/bin/python benchmarks/run_all.py                # fuller: more repeats, about 18 min
     .venv/bin/python benchmarks/run_all.py --smoke        # tiny models, one step (the tests)
 """
 
