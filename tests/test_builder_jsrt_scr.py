@@ -187,3 +187,13 @@ def test_gif_masks_read_without_opencv_gif_support(tmp_path):
         grey = _imaging._decode_gif_with_pil(f.read())
     np.testing.assert_array_equal(grey > 127, mask)
     np.testing.assert_array_equal(_imaging.read_mask(str(tmp_path / "m.gif")), mask)
+
+
+def test_a_mask_found_twice_fails_naming_both_files(tmp_path):
+    manual = tmp_path / "raw"
+    bf.make_jsrt_scr(manual, raw=("JPCLN001",), png=())
+    dup = os.path.join(manual, "extra", "fold1", "masks", "heart", "JPCLN001.png")
+    bf.write_png(dup, np.zeros((64, 64), np.uint8))
+    with pytest.raises(jsrt_scr.DataError, match="Heart mask of JPCLN001 found twice") as err:
+        jsrt_scr.find_cases(str(manual))
+    assert dup in str(err.value)

@@ -101,3 +101,14 @@ def test_nothing_to_build_fails_cleanly(tmp_path):
     with pytest.raises(montgomery.DataError, match="ManualMask/leftMask"):
         build(manual, tmp_path / "tfds")
     assert not montgomery.make_builder(str(tmp_path / "tfds"), image_size=SIZE).is_prepared()
+
+
+def test_a_mask_found_twice_fails_naming_both_files(tmp_path):
+    manual = tmp_path / "raw"
+    bf.make_montgomery(manual, NAMES[:2])
+    dup = os.path.join(manual, "extra", "leftMask", NAMES[0] + ".png")
+    bf.write_png(dup, np.zeros((120, 100), np.uint8))
+    with pytest.raises(montgomery.DataError, match=f"leftmask file of {NAMES[0]} found twice"
+                       ) as err:
+        montgomery.find_cases(str(manual))
+    assert dup in str(err.value)

@@ -46,6 +46,19 @@ def scan(manual_dir):
     return found
 
 
+def add_once(registry, key, path, what, hint="keep one"):
+    """Stores registry[key] = path, refusing a second file for the same key.
+
+    Raises:
+      DataError: naming both paths, e.g. "Left lung mask of JPCLN001 found twice: a.gif and
+        b.png; keep one" (`what` names the file's role, `hint` says what the user should do).
+    """
+    previous = registry.get(key)
+    if previous:
+        raise DataError(f"{what} found twice: {previous} and {path}; {hint}")
+    registry[key] = path
+
+
 def find_table(found, names, manual_dir, required=True):
     """The path of the first of `names` (each also accepted gzip-compressed, `NAME.gz`) in `found`.
 

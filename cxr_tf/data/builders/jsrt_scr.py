@@ -133,16 +133,11 @@ def find_cases(manual_dir):
                     raise DataError(f"{path}: {name} has masks in fold {fold[0]} and fold "
                                     f"{folds[name][0]}; each SCR image belongs to one fold")
                 folds[name] = fold
-                previous = masks.setdefault(name, {}).get(role)
-                if previous:
-                    raise DataError(f"Two {role.replace('_', ' ')} masks for {name}: {previous} "
-                                    f"and {path}; keep one")
-                masks[name][role] = path
+                _common.add_once(masks.setdefault(name, {}), role, path,
+                                 f"{role.replace('_', ' ').capitalize()} mask of {name}")
             elif "landmarks" not in parts[:-1] and ext.lower() in IMAGE_EXTENSIONS:
-                if name in images:
-                    raise DataError(f"Image {name} found twice: {images[name]} and {path}; keep "
-                                    f"one (either the .IMG or a PNG redistribution)")
-                images[name] = path
+                _common.add_once(images, name, path, f"Image {name}",
+                                 hint="keep one (either the .IMG or a PNG redistribution)")
     return images, masks, folds
 
 

@@ -126,16 +126,10 @@ def find_cases(manual_dir):
             elif ext != ".png":
                 continue
             elif parent in MASK_FOLDERS:
-                previous = masks.setdefault(stem, {}).get(parent)
-                if previous:
-                    raise DataError(f"Two {parent} masks for {stem}: {previous} and {path}; keep "
-                                    f"one")
-                masks[stem][parent] = path
+                _common.add_once(masks.setdefault(stem, {}), parent, path,
+                                 f"{parent} file of {stem}")
             elif "mask" not in os.path.relpath(path, manual_dir).lower():
-                if stem in images:
-                    raise DataError(f"Image {stem} found twice: {images[stem]} and {path}; keep "
-                                    f"one")
-                images[stem] = path
+                _common.add_once(images, stem, path, f"Image {stem}")
     return images, masks, readings
 
 
