@@ -58,6 +58,11 @@ class TrainingOptions:
         instead of each replica's share (training then follows single-device training).
       deterministic: deterministic ops (tf.config.experimental.enable_op_determinism): a run
         interrupted and resumed ends with the same weights as an uninterrupted one. Slower.
+      handle_preemption: TensorFlow's PreemptionCheckpointHandler: on SIGTERM (or a Google
+        Cloud maintenance notice) all workers checkpoint at the same step and exit for a restart.
+        On creation TensorFlow probes the Google Cloud metadata server once (one HTTP request,
+        at most 5 s; about 4 ms where the name does not resolve) to tell whether it runs there;
+        turn this off where no outbound request may be attempted (SIGTERM then just stops).
     """
     lr_schedule: str = "constant"
     lr_plateau_factor: float = 0.1
@@ -68,6 +73,7 @@ class TrainingOptions:
     checkpoint_every_steps: int = 0
     sync_batch_norm: bool = False
     deterministic: bool = False
+    handle_preemption: bool = True
 
 
 @dataclasses.dataclass

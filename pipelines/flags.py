@@ -80,6 +80,12 @@ def define_training():
     flags.DEFINE_bool("deterministic", None, "Deterministic ops "
                       "(tf.config.experimental.enable_op_determinism): a resumed run ends with "
                       "the same weights as an uninterrupted one. Slower.")
+    flags.DEFINE_bool("handle_preemption", None, "Checkpoint and exit (status 42) on SIGTERM or "
+                      "a Google Cloud maintenance notice, with TensorFlow's "
+                      "PreemptionCheckpointHandler (default on). Creating it makes one HTTP "
+                      "probe of the Google Cloud metadata server (at most 5 s); "
+                      "--nohandle_preemption avoids it on sites where no outbound request may be "
+                      "attempted.")
 
 
 def define_classifier_training():
@@ -244,6 +250,7 @@ def apply_training_overrides(section):
               min_learning_rate=get("min_learning_rate"),
               mixed_precision=get("mixed_precision"), jit_compile=get("jit_compile"),
               checkpoint_every_steps=get("checkpoint_every_steps"),
-              sync_batch_norm=get("sync_batch_norm"), deterministic=get("deterministic"))
+              sync_batch_norm=get("sync_batch_norm"), deterministic=get("deterministic"),
+              handle_preemption=get("handle_preemption"))
     if hasattr(section, "class_weighting"):
         _override(section, class_weighting=get("class_weighting"))

@@ -76,3 +76,22 @@ def test_non_finite_loss_stops_training_with_a_clear_error(tmp_path):
                                              np.ones((4, 1), "float32"))).batch(2)
     with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
         trainer.fit(ds, 1, 2, validate=lambda m: {"auc": 1.0}, verbose=0)
+
+
+@pytest.mark.parametrize("handle", [True, False])
+def test_preemption_handler_only_when_asked(tmp_path, monkeypatch, handle):
+    # --nohandle_preemption must not create TensorFlow's handler: creating it probes the Google
+    # Cloud metadata server over HTTP.
+    import tensorflow as tf
+    created = []
+    real = tf.distribute.experimental.PreemptionCheckpointHandler
+    monkeypatch.setattr(tf.distribute.experimental, "PreemptionCheckpointHandler",
+                        lambda *a, **k: created.append(1) or real(*a, **k))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    trainer = loop.Trainer(model, keras.losses.mean_squared_error, keras.optimizers.SGD(0.1),
+                           tf.distribute.get_strategy(), str(tmp_path), "auc",
+                           handle_preemption=handle)
+    ds = tf.data.Dataset.from_tensor_slices((np.ones((4, 2), "float32"),
+                                             np.ones((4, 1), "float32"))).batch(2)
+    trainer.fit(ds, 1, 2, validate=lambda m: {"auc": 1.0}, verbose=0)
+    assert len(created) == (1 if handle else 0)

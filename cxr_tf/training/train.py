@@ -258,7 +258,8 @@ def _trainer(model, loss_fn, optimizer, strategy, work_dir, metric, options, pol
     return loop.Trainer(model, loss_fn, optimizer, strategy, work_dir, metric,
                         checkpoint_every_steps=options.checkpoint_every_steps,
                         jit_compile=options.jit_compile, plateau=_plateau(options),
-                        save_model_fn=_float32_saver(policy))
+                        save_model_fn=_float32_saver(policy),
+                        handle_preemption=options.handle_preemption)
 
 
 def _run_info(strategy, policy, trainer):
