@@ -170,6 +170,9 @@ def evaluate(classifier_path, builder, config, out_dir, split="test", segmenter_
             seg.update(model=os.path.abspath(segmenter_path),
                        dataset=seg_builder.info.full_name, split=seg_split)
             report["segmentation"] = seg
+            log.info("Segmentation on %s %s (%d images, %d px, masks at 0.5):\n%s",
+                     seg["dataset"], seg_split, seg["n_images"], seg["resolution"],
+                     report_lib.segmentation_table(seg))
     report_lib.write_report(report, out_dir)
     return report
 

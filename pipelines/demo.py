@@ -62,8 +62,7 @@ def main(argv):
     eval_dir = workflow.subdir(work_dir, workflow.EVAL_DIR)
     report = workflow.evaluate(clf_path, builder, config, eval_dir, split="test",
                                segmenter_path=seg_path)
-    from cxr_tf.evaluation import report as report_lib
-    print(report_lib.classification_table(report["classification"]))
+    # workflow.evaluate logs the AUROC and Dice tables; the figures are repeated at the end.
 
     _banner("5/6 export (TF Serving SavedModel)")
     export_path = workflow.export(clf_path, workflow.subdir(work_dir, workflow.EXPORT_DIR),

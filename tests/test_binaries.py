@@ -78,3 +78,6 @@ def test_demo_prints_machine_readable_figures(tmp_path):
     assert os.path.exists(lines[-2].split(" ", 1)[1])  # report
     assert os.path.exists(os.path.join(lines[-1].split(" ", 1)[1], "saved_model.pb"))
     assert "serving_default" in proc.stdout and "Hernia" in proc.stdout
+    both = proc.stdout + proc.stderr
+    assert both.count("95% CI") == 1  # the AUROC table, logged once by the evaluation step
+    assert "Segmentation on" in proc.stderr and "right_lung" in proc.stderr

@@ -95,3 +95,17 @@ def test_preemption_handler_only_when_asked(tmp_path, monkeypatch, handle):
                                              np.ones((4, 1), "float32"))).batch(2)
     trainer.fit(ds, 1, 2, validate=lambda m: {"auc": 1.0}, verbose=0)
     assert len(created) == (1 if handle else 0)
+
+
+@pytest.mark.parametrize("interactive", [True, False])
+def test_progress_bar_only_on_a_terminal_or_notebook(tmp_path, monkeypatch, capsys, interactive):
+    import tensorflow as tf
+    monkeypatch.setattr(loop, "_interactive_stdout", lambda: interactive)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    trainer = loop.Trainer(model, keras.losses.mean_squared_error, keras.optimizers.SGD(0.1),
+                           tf.distribute.get_strategy(), str(tmp_path), "auc",
+                           handle_preemption=False)
+    ds = tf.data.Dataset.from_tensor_slices((np.ones((4, 2), "float32"),
+                                             np.ones((4, 1), "float32"))).batch(2)
+    trainer.fit(ds, 1, 2, validate=lambda m: {"auc": 1.0}, verbose=1)
+    assert ("step" in capsys.readouterr().out) == interactive

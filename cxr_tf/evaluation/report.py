@@ -249,6 +249,14 @@ def classification_table(report):
     return "\n".join(lines)
 
 
+def segmentation_table(seg):
+    """Plain-text Dice / IoU table per structure (what the binaries print)."""
+    lines = [f"{'structure':<20}{'Dice':>8}{'IoU':>8}"]
+    for name, sc in seg["structures"].items():
+        lines.append(f"{name:<20}{sc['dice']:>8.4f}{sc['iou']:>8.4f}")
+    return "\n".join(lines)
+
+
 def _ci(lo, hi, digits=3):
     return "n/a" if lo is None or hi is None else f"{lo:.{digits}f}-{hi:.{digits}f}"
 

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -51,6 +52,12 @@ TENSORBOARD = "tensorboard"
 def is_chief(strategy):
     """True on the worker that writes files (the only worker outside multi-worker training)."""
     return strategies.is_chief(strategy)
+
+
+def _interactive_stdout():
+    """True in a terminal or a Jupyter kernel, where a redrawn progress bar reads well."""
+    return ("ipykernel" in sys.modules
+            or (hasattr(sys.stdout, "isatty") and sys.stdout.isatty()))
 
 
 def write_json_atomic(path, obj):
@@ -384,7 +391,9 @@ class Trainer:
           global_batch_size: examples per step across all replicas.
           validate: `fn(model) -> dict of floats`, run after every epoch; must contain
             `select_metric`.
-          verbose: 1 shows a progress bar per epoch (chief only), 0 only per-epoch log lines.
+          verbose: 1 shows a progress bar per epoch (chief only) where stdout is a terminal or
+            a notebook (redirected to a file or pipe, only the per-epoch log lines remain: a bar
+            redrawn there fills logs with one line of every step); 0 only per-epoch log lines.
 
         Returns:
           The history: a list with one dict per epoch.
@@ -437,7 +446,8 @@ class Trainer:
         if first_step:
             log.info("Epoch %d: continuing at step %d of %s", epoch + 1, first_step + 1,
                      steps or "?")
-        bar = keras.utils.Progbar(steps, verbose=verbose if self.chief else 0,
+        show_bar = verbose and self.chief and _interactive_stdout()
+        bar = keras.utils.Progbar(steps, verbose=1 if show_bar else 0,
                                   stateful_metrics=["loss"], unit_name="step")
         if first_step:
             bar.update(first_step, [("loss", pos["epoch_loss_sum"] / first_step)])
