@@ -299,3 +299,14 @@ def test_shared_real_sample_builds_with_the_documented_config(tmp_path):
     x, y = next(iter(pipeline.make_dataset(datasets.load_split(builder, "train"), parse, 16,
                                            training=True)))
     assert x.shape == (16, 224, 224, 1) and y.shape == (16, labels.NUM_FINDINGS)
+
+
+def test_a_dying_worker_is_explained():
+    from cxr_tf.data.builders import _imaging
+    pool = _imaging.Pool(workers=2)
+    try:
+        with pytest.raises(RuntimeError, match="worker process decoding images died.*"
+                                               "CXR_TF_BUILD_WORKERS"):
+            list(pool.map(os._exit, [3] * 8, chunksize=2))  # each worker exits at once
+    finally:
+        pool.close()

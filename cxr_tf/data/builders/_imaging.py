@@ -6,6 +6,7 @@ never raise for a bad file: they return `ImageError` messages that the builder c
 """
 
 import concurrent.futures
+import concurrent.futures.process
 import itertools
 import multiprocessing
 import os
@@ -357,6 +358,13 @@ class Pool:
                     if nxt is not None:
                         pending.add(self._executor.submit(_run_chunk, fn, nxt))
                     yield from future.result()
+        except concurrent.futures.process.BrokenProcessPool as e:
+            raise RuntimeError(
+                "A worker process decoding images died. Common causes: the machine ran out of "
+                "memory (set CXR_TF_BUILD_WORKERS to fewer workers), the process was killed, or "
+                "the build was started from a script without an `if __name__ == \"__main__\":` "
+                "guard (workers are spawned and import the main module again). "
+                "CXR_TF_BUILD_WORKERS=1 decodes in this process.") from e
         finally:
             for future in pending:
                 future.cancel()
