@@ -56,24 +56,24 @@ def test_weighting_variant_without_segmenter_is_refused(tiny_config, tiny_builde
         train.train_classifier(tiny_config, tiny_builder, str(tmp_path), segmenter_path=None)
 
 
-def test_validate_must_return_the_selection_metric(tmp_path):
+def _linear_trainer(work_dir, x=None, **kwargs):
+    """A Trainer of a 2 -> 1 linear model selecting on "auc", and 2 batches of 2 to train on."""
     import tensorflow as tf
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     trainer = loop.Trainer(model, keras.losses.mean_squared_error, keras.optimizers.SGD(0.1),
-                           tf.distribute.get_strategy(), str(tmp_path), "auc")
-    ds = tf.data.Dataset.from_tensor_slices((np.ones((4, 2), "float32"),
-                                             np.ones((4, 1), "float32"))).batch(2)
+                           tf.distribute.get_strategy(), str(work_dir), "auc", **kwargs)
+    x = np.ones((4, 2), "float32") if x is None else x
+    return trainer, tf.data.Dataset.from_tensor_slices((x, np.ones((4, 1), "float32"))).batch(2)
+
+
+def test_validate_must_return_the_selection_metric(tmp_path):
+    trainer, ds = _linear_trainer(tmp_path)
     with pytest.raises(KeyError, match="lacks the selection metric 'auc'"):
         trainer.fit(ds, 1, 2, validate=lambda m: {"loss": 1.0}, verbose=0)
 
 
 def test_non_finite_loss_stops_training_with_a_clear_error(tmp_path):
-    import tensorflow as tf
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    trainer = loop.Trainer(model, keras.losses.mean_squared_error, keras.optimizers.SGD(0.1),
-                           tf.distribute.get_strategy(), str(tmp_path), "auc")
-    ds = tf.data.Dataset.from_tensor_slices((np.full((4, 2), np.nan, "float32"),
-                                             np.ones((4, 1), "float32"))).batch(2)
+    trainer, ds = _linear_trainer(tmp_path, x=np.full((4, 2), np.nan, "float32"))
     with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
         trainer.fit(ds, 1, 2, validate=lambda m: {"auc": 1.0}, verbose=0)
 
@@ -87,25 +87,14 @@ def test_preemption_handler_only_when_asked(tmp_path, monkeypatch, handle):
     real = tf.distribute.experimental.PreemptionCheckpointHandler
     monkeypatch.setattr(tf.distribute.experimental, "PreemptionCheckpointHandler",
                         lambda *a, **k: created.append(1) or real(*a, **k))
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    trainer = loop.Trainer(model, keras.losses.mean_squared_error, keras.optimizers.SGD(0.1),
-                           tf.distribute.get_strategy(), str(tmp_path), "auc",
-                           handle_preemption=handle)
-    ds = tf.data.Dataset.from_tensor_slices((np.ones((4, 2), "float32"),
-                                             np.ones((4, 1), "float32"))).batch(2)
+    trainer, ds = _linear_trainer(tmp_path, handle_preemption=handle)
     trainer.fit(ds, 1, 2, validate=lambda m: {"auc": 1.0}, verbose=0)
     assert len(created) == (1 if handle else 0)
 
 
 @pytest.mark.parametrize("interactive", [True, False])
 def test_progress_bar_only_on_a_terminal_or_notebook(tmp_path, monkeypatch, capsys, interactive):
-    import tensorflow as tf
     monkeypatch.setattr(loop, "_interactive_stdout", lambda: interactive)
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    trainer = loop.Trainer(model, keras.losses.mean_squared_error, keras.optimizers.SGD(0.1),
-                           tf.distribute.get_strategy(), str(tmp_path), "auc",
-                           handle_preemption=False)
-    ds = tf.data.Dataset.from_tensor_slices((np.ones((4, 2), "float32"),
-                                             np.ones((4, 1), "float32"))).batch(2)
+    trainer, ds = _linear_trainer(tmp_path, handle_preemption=False)
     trainer.fit(ds, 1, 2, validate=lambda m: {"auc": 1.0}, verbose=1)
     assert ("step" in capsys.readouterr().out) == interactive
