@@ -112,3 +112,19 @@ def test_a_mask_found_twice_fails_naming_both_files(tmp_path):
                        ) as err:
         montgomery.find_cases(str(manual))
     assert dup in str(err.value)
+
+
+def test_a_segmenter_is_scored_on_the_lungs_of_montgomery(built, tiny_segmenter_path):
+    from cxr_tf.evaluation import inference
+    from cxr_tf.evaluation import report as report_lib
+    from cxr_tf.models import load_model
+    builder, _ = built
+    segmenter = load_model(tiny_segmenter_path)
+    ds, structures = inference.segmentation_dataset(builder, "train", segmenter.input_size)
+    assert structures == ("left_lung", "right_lung")
+    _, masks = next(iter(ds))
+    # Stored 0/255: both lungs present in every image after scaling and binarising.
+    assert float(masks.numpy().sum(axis=(1, 2)).min()) > 0
+    seg = report_lib.evaluate_segmenter(segmenter, ds, structures)
+    assert set(seg["structures"]) == {"left_lung", "right_lung", "lungs"}
+    assert all(0.0 <= s["dice"] <= 1.0 for s in seg["structures"].values())
