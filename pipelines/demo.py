@@ -3,7 +3,7 @@ SavedModel -> one encoded PNG through the exported signature.
 
   cxr-demo --work_dir=demo_work
 
-Needs no data and no network. Re-running resumes finished steps from WORK_DIR (delete it for a
+Needs no data and no network (it attempts no outbound connection). Re-running resumes finished steps from WORK_DIR (delete it for a
 fresh run). The last lines are machine-readable:
   mean AUROC <float>      mean test AUROC of CXR-IRNet
   lung Dice <float>       Dice of both lungs together on the test split
@@ -43,6 +43,9 @@ def main(argv):
     work_dir = os.path.abspath(f.work_dir)
     verbose = 0 if f.quiet else 1
     config = cxr_flags.experiment_config()
+    # A one-shot local run: no preemption handler, whose creation probes the Google Cloud
+    # metadata server over HTTP, so the demo attempts no network access at all.
+    config.segmenter.handle_preemption = config.classifier.handle_preemption = False
 
     _banner(f"1/6 phantom data set ({config.data.num_train} train, {config.data.num_validation} "
             f"validation, {config.data.num_test} test, {config.data.image_size} px)")

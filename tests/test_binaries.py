@@ -81,3 +81,6 @@ def test_demo_prints_machine_readable_figures(tmp_path):
     both = proc.stdout + proc.stderr
     assert both.count("95% CI") == 1  # the AUROC table, logged once by the evaluation step
     assert "Segmentation on" in proc.stderr and "right_lung" in proc.stderr
+    with open(os.path.join(work, "classifier", "experiment.json")) as f:
+        # No preemption handler: the demo attempts no network access (no metadata probe).
+        assert json.load(f)["config"]["classifier"]["handle_preemption"] is False
