@@ -3,8 +3,8 @@ SavedModel -> one encoded PNG through the exported signature.
 
   cxr-demo --work_dir=demo_work
 
-Needs no data and no network (it attempts no outbound connection). Re-running resumes finished steps from WORK_DIR (delete it for a
-fresh run). The last lines are machine-readable:
+Needs no data and no network (it attempts no outbound connection). Re-running resumes finished
+steps from WORK_DIR (delete it for a fresh run). The last lines are machine-readable:
   mean AUROC <float>      mean test AUROC of CXR-IRNet
   lung Dice <float>       Dice of both lungs together on the test split
   heart Dice <float>
