@@ -64,6 +64,19 @@ def test_mirrored_over_two_cpus_follows_the_single_device_trajectory(
     assert np.all(diffs <= 0.02) and diffs.mean() <= 0.005
 
 
+def test_validation_runs_distributed_over_two_cpus_and_traces_once(tmp_path):
+    # Outputs gathered from the replicas equal single-device outputs, row for row (the last
+    # batch of 1 leaves one replica an empty share); three passes trace the step once.
+    proc = child(["validation", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "validation.json") as f:
+        res = json.load(f)
+    assert res["replicas"] == [1, 2]
+    assert res["rows"] == [11, 11] and res["targets_equal"] and res["targets_match_input"]
+    assert res["max_abs_difference"] <= 1e-6
+    assert res["traces"] == [1, 1]
+
+
 def free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:

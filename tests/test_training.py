@@ -98,3 +98,44 @@ def test_progress_bar_only_on_a_terminal_or_notebook(tmp_path, monkeypatch, caps
     trainer, ds = _linear_trainer(tmp_path, handle_preemption=False)
     trainer.fit(ds, 1, 2, validate=lambda m: {"auc": 1.0}, verbose=1)
     assert ("step" in capsys.readouterr().out) == interactive
+
+
+def test_validation_traces_the_model_once_per_image_shape(tiny_builder, tmp_path, monkeypatch):
+    # Validation after every epoch reuses one traced step: one trace per distinct image shape,
+    # whatever the number of epochs and the size of the last batch.
+    from cxr_tf.evaluation import inference
+    runners = []
+    real = inference.InferenceRunner
+
+    def recording(*args, **kwargs):
+        runners.append(real(*args, **kwargs))
+        return runners[-1]
+
+    monkeypatch.setattr(inference, "InferenceRunner", recording)
+    config = configs.tiny()
+    config.segmenter.epochs = 3
+    train.train_segmenter(config, tiny_builder, str(tmp_path / "seg"), verbose=0)
+    with open(tmp_path / "seg" / loop.HISTORY) as f:
+        assert len(json.load(f)) == 3
+    assert len(runners) == 1 and runners[0].traces == 1
+
+
+def test_inference_runner_counts_one_trace_per_shape():
+    import tensorflow as tf
+    from cxr_tf.evaluation import inference
+    model = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(2, 3),
+                              keras.layers.GlobalAveragePooling2D()])
+
+    def data(n, side, batch):  # n % batch != 0: a smaller last batch
+        x = np.random.default_rng(0).random((n, side, side, 1)).astype("float32")
+        return tf.data.Dataset.from_tensor_slices((x, np.zeros((n, 2), "float32"))).batch(batch)
+
+    runner = inference.InferenceRunner(model)
+    for _ in range(3):
+        out = runner(data(10, 8, 4))
+        assert out["outputs"].shape == (10, 2) and out["targets"].shape == (10, 2)
+    assert runner.traces == 1
+    runner(data(5, 12, 4))
+    assert runner.traces == 2
+    np.testing.assert_allclose(runner(data(10, 8, 4))["outputs"],
+                               model(np.concatenate([b[0] for b in data(10, 8, 4)])), atol=1e-6)

@@ -10,6 +10,11 @@ fresh interpreters:
   python tests/training_child.py worker OUT DATA_ROOT SEGMENTER
       One worker of a MultiWorkerMirroredStrategy cluster (TF_CONFIG set by the parent): trains
       the tiny classifier into OUT/work and saves its final weights to OUT/weights_<index>.npz.
+  python tests/training_child.py validation OUT
+      With two logical CPU devices, runs one model over one dataset (a last batch of 1, a share
+      of 0 for one replica) with an InferenceRunner under the default and the mirrored
+      strategy, three times each, and writes OUT/validation.json (max |difference| of the
+      outputs, whether targets match, the trace counts).
   python tests/training_child.py binary KILL_AT_CHECKPOINT SIGNAL -- BINARY_FLAGS...
       Runs the cxr-train-classifier binary; when it is about to write checkpoint number
       KILL_AT_CHECKPOINT, sends itself SIGNAL ("KILL": dies there, that checkpoint unwritten;
@@ -71,6 +76,40 @@ def trajectory(out, data_root, segmenter, runs):
                        "jit_compile": experiment["jit_compile"]}, f)
 
 
+def validation(out):
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from cxr_tf.evaluation import inference
+    from cxr_tf.training import strategies
+    rng = np.random.default_rng(0)
+    x = rng.random((11, 16, 16, 1)).astype("float32")
+    y = rng.integers(0, 2, (11, 3)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(5)  # batches 5, 5, 1
+    results = {}
+    for name in ("default", "mirrored"):
+        strategy = strategies.make_strategy(name)
+        with strategy.scope():
+            keras.utils.set_random_seed(1)
+            model = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Conv2D(4, 3),
+                                      keras.layers.BatchNormalization(),
+                                      keras.layers.GlobalAveragePooling2D(),
+                                      keras.layers.Dense(3, activation="sigmoid")])
+        runner = inference.InferenceRunner(model, strategy)
+        for _ in range(3):
+            res = runner(dataset)
+        results[name] = (res, runner.traces, strategy.num_replicas_in_sync)
+    (a, ta, ra), (b, tb, rb) = results["default"], results["mirrored"]
+    with open(os.path.join(out, "validation.json"), "w") as f:
+        json.dump({"max_abs_difference": float(np.abs(a["outputs"] - b["outputs"]).max()),
+                   "rows": [len(a["outputs"]), len(b["outputs"])],
+                   "targets_equal": bool(np.array_equal(a["targets"], b["targets"])),
+                   "targets_match_input": bool(np.array_equal(b["targets"], y)),
+                   "traces": [ta, tb], "replicas": [ra, rb]}, f)
+
+
 def worker(out, data_root, segmenter):
     import numpy as np
     from cxr_tf.training import loop, strategies, train
@@ -114,6 +153,8 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "trajectory":
         trajectory(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
+    elif mode == "validation":
+        validation(sys.argv[2])
     elif mode == "worker":
         worker(sys.argv[2], sys.argv[3], sys.argv[4])
     elif mode == "binary":

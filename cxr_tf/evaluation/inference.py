@@ -6,45 +6,122 @@ import numpy as np
 import tensorflow as tf
 
 
-def collect(model, dataset, outputs_key=None):
-    """Runs `model` (inference mode) over `dataset` and concatenates the results.
+class InferenceRunner:
+    """Runs one model in inference mode over datasets, tracing its step function once.
+
+    A validation pass after every epoch must not re-trace the model (for DenseNet121 with its
+    inline segmenter a fresh `tf.function` costs seconds on a CPU before the first batch runs):
+    the runner builds its step on the first call and reuses it for every later dataset. The
+    step's input signature leaves the batch dimension open, so the last, smaller batch of a
+    split does not trace again: there is one trace per distinct image shape (`traces` counts
+    them).
+
+    Under a strategy with several replicas (MirroredStrategy, MultiWorkerMirroredStrategy),
+    each batch is split over the replicas (`experimental_distribute_dataset`; a last batch
+    smaller than the number of replicas leaves some replicas an empty share) and the outputs
+    and targets are gathered back (`strategy.gather`), so every worker ends with the outputs
+    of the whole dataset, row-aligned with its targets. Multi-worker runs shard the batches
+    between workers by data (every worker reads the files; each keeps its share).
 
     Args:
-      model: a Keras model or any callable taking an image batch.
-      dataset: yields (image, target) or (image, target, image_id) batches.
-      outputs_key: when the model returns a dict, keep only this key (None keeps the dict).
+      model: a Keras model or any callable taking an image batch (`training=False` is passed).
+      strategy: the tf.distribute strategy to run under (default: the current one).
+    """
+
+    def __init__(self, model, strategy=None):
+        self.model = model
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.distributed = self.strategy.num_replicas_in_sync > 1
+        self.traces = 0
+        self._steps = {}
+
+    def _step(self, key, element_spec):
+        """The compiled step for one image shape `key` (built on first use)."""
+        if key in self._steps:
+            return self._steps[key]
+        model, strategy = self.model, self.strategy
+
+        def forward(x, y):
+            return model(x, training=False), y
+
+        def counted(fn):
+            def traced(x, y):
+                self.traces += 1  # Python side effect: runs only while tracing
+                return fn(x, y)
+            return traced
+
+        if self.distributed:
+            def distributed_step(x, y):
+                outputs, targets = strategy.run(forward, args=(x, y))
+                gather = lambda t: strategy.gather(t, axis=0)  # noqa: E731
+                return tf.nest.map_structure(gather, outputs), gather(targets)
+
+            step = tf.function(counted(distributed_step),
+                               input_signature=list(element_spec[:2]))
+        else:
+            relaxed = [tf.TensorSpec([None, *s.shape[1:]], s.dtype) for s in element_spec[:2]]
+            step = tf.function(counted(forward), input_signature=relaxed)
+        self._steps[key] = step
+        return step
+
+    def _batches(self, dataset):
+        """(image, target[, ids]) batches as the step expects them."""
+        if not self.distributed:
+            return dataset
+        pairs = dataset.map(lambda *b: (b[0], b[1]))  # ids are strings: not gathered
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA)
+        return self.strategy.experimental_distribute_dataset(pairs.with_options(options))
+
+    def __call__(self, dataset, outputs_key=None):
+        """Runs the model over `dataset` and concatenates the results.
+
+        Args:
+          dataset: yields (image, target) or (image, target, image_id) batches.
+          outputs_key: when the model returns a dict, keep only this key (None keeps the dict).
+
+        Returns:
+          dict with "outputs" (array, or dict of arrays), "targets" and, if present (and not
+          distributed), "ids" (list of str).
+        """
+        batches = self._batches(dataset)
+        step = self._step(tuple(dataset.element_spec[0].shape.as_list()[1:]),
+                          batches.element_spec)
+        outs, targets, ids = [], [], []
+        for batch in batches:
+            y, t = step(batch[0], batch[1])
+            if isinstance(y, dict):
+                y = {k: v.numpy() for k, v in y.items()}
+                if outputs_key is not None:
+                    y = y[outputs_key]
+            else:
+                y = y.numpy()
+            outs.append(y)
+            targets.append(t.numpy())
+            if len(batch) > 2:
+                ids.extend(s.decode() for s in batch[2].numpy())
+        if not outs:
+            raise ValueError("The evaluation dataset is empty: nothing to evaluate")
+        if isinstance(outs[0], dict):
+            merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        else:
+            merged = np.concatenate(outs)
+        result = {"outputs": merged, "targets": np.concatenate(targets)}
+        if ids:
+            result["ids"] = ids
+        return result
+
+
+def collect(model, dataset, outputs_key=None):
+    """Runs `model` (inference mode) over `dataset` once; see InferenceRunner (keep a runner
+    when the same model is run again, e.g. validation after every epoch).
 
     Returns:
       dict with "outputs" (array, or dict of arrays), "targets" and, if present, "ids"
       (list of str).
     """
-    @tf.function(reduce_retracing=True)
-    def step(x):
-        return model(x, training=False)
-
-    outs, targets, ids = [], [], []
-    for batch in dataset:
-        y = step(batch[0])
-        if isinstance(y, dict):
-            y = {k: v.numpy() for k, v in y.items()}
-            if outputs_key is not None:
-                y = y[outputs_key]
-        else:
-            y = y.numpy()
-        outs.append(y)
-        targets.append(batch[1].numpy())
-        if len(batch) > 2:
-            ids.extend(s.decode() for s in batch[2].numpy())
-    if not outs:
-        raise ValueError("The evaluation dataset is empty: nothing to evaluate")
-    if isinstance(outs[0], dict):
-        merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-    else:
-        merged = np.concatenate(outs)
-    result = {"outputs": merged, "targets": np.concatenate(targets)}
-    if ids:
-        result["ids"] = ids
-    return result
+    return InferenceRunner(model)(dataset, outputs_key)
 
 
 # ---- Classifiers as evaluation sees them: a .keras model or an exported SavedModel -----------

@@ -111,10 +111,23 @@ def epoch_input(config, builder, split, parse_fn, aug, global_batch_size):
     return loop.EpochInput(dataset_fn, steps, global_batch_size)
 
 
-def segmenter_validation(dataset):
-    """validate() for the segmenter: Dice per structure, lungs and union on `dataset`."""
+def _runner_for(runners, model, strategy):
+    """The InferenceRunner of `model`, built on the first validation and reused after."""
+    if runners.get("model") is not model:
+        runners.update(model=model, runner=inference.InferenceRunner(model, strategy))
+    return runners["runner"]
+
+
+def segmenter_validation(dataset, strategy=None):
+    """validate() for the segmenter: Dice per structure, lungs and union on `dataset`.
+
+    The model's inference step is traced once, on the first call, and reused every epoch; under
+    a multi-replica `strategy` validation runs distributed over the replicas.
+    """
+    runners = {}
+
     def validate(model):
-        res = inference.collect(model, dataset)
+        res = _runner_for(runners, model, strategy)(dataset)
         scores = metrics.segmentation_scores(res["targets"], res["outputs"],
                                              labels_lib.STRUCTURES)
         out = {f"dice_{k}": v["dice"] for k, v in scores.items()}
@@ -123,10 +136,16 @@ def segmenter_validation(dataset):
     return validate
 
 
-def classifier_validation(dataset):
-    """validate() for the classifier: per-class and mean AUROC on `dataset` (scikit-learn)."""
+def classifier_validation(dataset, strategy=None):
+    """validate() for the classifier: per-class and mean AUROC on `dataset` (scikit-learn).
+
+    Traced once and reused every epoch, distributed under a multi-replica `strategy` (see
+    segmenter_validation).
+    """
+    runners = {}
+
     def validate(model):
-        res = inference.collect(model, dataset)
+        res = _runner_for(runners, model, strategy)(dataset)
         per_class = metrics.auroc_per_class(res["targets"], res["outputs"])
         out = {"mean_auroc": metrics.mean_auroc(per_class)}
         out.update({f"auroc_{n}": float(v) for n, v in zip(labels_lib.FINDINGS, per_class)})
@@ -301,7 +320,8 @@ def train_segmenter(config, builder, work_dir, strategy=None, verbose=1):
         if trainer.chief:
             _write_experiment(work_dir, config, role="segmenter",
                               **_run_info(strategy, policy, trainer))
-        trainer.fit(train_input, seg.epochs, seg.batch_size, segmenter_validation(val_ds),
+        trainer.fit(train_input, seg.epochs, seg.batch_size,
+                    segmenter_validation(val_ds, strategy),
                     verbose=verbose)
     return trainer.best_path
 
@@ -395,6 +415,7 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
             _write_experiment(work_dir, config, role="classifier", segmenter=segmenter_path,
                               positive_class_weights=pos_weights,
                               **_run_info(strategy, policy, trainer))
-        trainer.fit(train_input, clf.epochs, clf.batch_size, classifier_validation(val_ds),
+        trainer.fit(train_input, clf.epochs, clf.batch_size,
+                    classifier_validation(val_ds, strategy),
                     verbose=verbose)
     return trainer.best_path
