@@ -78,14 +78,45 @@ class TrainingOptions:
 
 @dataclasses.dataclass
 class SegmenterConfig(TrainingOptions):
-    """U-Net and its training (TrainingOptions hold the shared training fields)."""
+    """U-Net and its training (TrainingOptions hold the shared training fields).
+
+    Attributes:
+      input_size, base_filters, depth: the U-Net (cxr_tf.models.UNetSegmenter).
+      datasets: the data sets to train on, "name[:repeats],..." (e.g.
+        "jsrt_scr:3,montgomery,shenzhen": JSRT's films three times per epoch); "" trains on
+        `DataConfig.dataset`. Each image is supervised only on what its data set labels
+        (lungs-only sets never touch the heart channel; see
+        cxr_tf.models.losses.partial_dice_loss).
+      bce_weight: weight of a pixel-wise cross-entropy term added to the soft Dice loss.
+      min_crop_fraction: random-crop augmentation (1 disables).
+      brightness ... overlays: augmentation imitating other hospitals' films
+        (cxr_tf.data.pipeline.Augmentation; 0 disables each).
+    """
     input_size: int = 256
     base_filters: int = 16
     depth: int = 4
     epochs: int = 30
     batch_size: int = 16
     learning_rate: float = 1e-3
-    min_crop_fraction: float = 0.85  # random-crop augmentation (1 disables)
+    datasets: str = ""
+    bce_weight: float = 0.0
+    min_crop_fraction: float = 0.85
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
+    noise: float = 0.0
+    blur: float = 0.0
+    scale: float = 0.0
+    rotation: float = 0.0
+    shift: float = 0.0
+    borders: float = 0.0
+    overlays: float = 0.0
+
+    def augmentation_fields(self):
+        """The fields that make its cxr_tf.data.pipeline.Augmentation, as a dict."""
+        names = ("min_crop_fraction", "brightness", "contrast", "gamma", "noise", "blur",
+                 "scale", "rotation", "shift", "borders", "overlays")
+        return {n: getattr(self, n) for n in names}
 
 
 @dataclasses.dataclass
@@ -196,6 +227,31 @@ def check_training_options(options, what="training"):
     weighting = getattr(options, "class_weighting", "none")
     if weighting not in CLASS_WEIGHTINGS:
         fail("class_weighting", weighting, f"one of {', '.join(CLASS_WEIGHTINGS)}")
+
+
+def segmenter_sources(seg, default_dataset):
+    """[(data set name, repeats per epoch)] of `SegmenterConfig.datasets` ("" = the one
+    `default_dataset`).
+
+    Raises:
+      ValueError: a malformed entry, naming it.
+    """
+    spec = seg.datasets.strip() or default_dataset
+    sources = []
+    for entry in spec.split(","):
+        name, _, repeats = entry.strip().partition(":")
+        try:
+            count = int(repeats) if repeats else 1
+        except ValueError:
+            count = 0
+        if not name or count < 1:
+            raise ValueError(f"segmenter.datasets entry {entry!r}: expected NAME or "
+                             f"NAME:REPEATS with REPEATS a positive integer (e.g. "
+                             f"'jsrt_scr:3,montgomery,shenzhen')")
+        if name in (n for n, _ in sources):
+            raise ValueError(f"segmenter.datasets names {name!r} twice: {seg.datasets!r}")
+        sources.append((name, count))
+    return sources
 
 
 PRESETS = {"paper": paper, "demo": demo, "tiny": tiny}

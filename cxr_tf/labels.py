@@ -35,6 +35,10 @@ NO_FINDING = "No Finding"
 # "Left" is the patient's left, which is the image's right on a PA film.
 STRUCTURES = ("left_lung", "right_lung", "heart")
 NUM_STRUCTURES = len(STRUCTURES)
+# Segmentation targets: the structures plus both lungs together, which lungs-only data sets can
+# label when they cannot tell left from right. A segmenter's "lungs" is max(left, right).
+LUNGS = "lungs"
+SEGMENTATION_TARGETS = STRUCTURES + (LUNGS,)
 
 
 def finding_index(name):

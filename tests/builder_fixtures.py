@@ -235,3 +235,47 @@ def make_montgomery(root, names=("MCUCXR_0001_0", "MCUCXR_0002_1", "MCUCXR_0003_
             f.write(f"Patient's Sex: {'MF'[i % 2]}\nPatient's Age: {30 + i:03d}Y\n"
                     f"{'normal' if name.endswith('_0') else 'TB'}\n")
     return root
+
+
+# --- Public redistributions ----------------------------------------------------------------------
+
+def make_jsrt_public_copy(root, names=("JPCLN001", "JPCLN002", "JPCNN001", "JPCNN002"),
+                          side=512, mask_side=256):
+    """Writes a JSRT + SCR copy laid out like the public GitHub copy the docs name:
+    JSRT/jsrt_images/images/<name>.IMG.png (8-bit RGB, display polarity), the SCR masks in
+    JSRT/masks/masks/<structure>/<name>.gif with underscores and no fold folders, and PNG copies
+    in <structure>_png/ folders beside them (to be ignored)."""
+    root = str(root)
+    for i, name in enumerate(names):
+        grey = radiograph((side, side), seed=i)
+        write_png(os.path.join(root, "JSRT", "jsrt_images", "images", name + ".IMG.png"),
+                  cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+        for folder, frac in SCR_FOLDERS.items():
+            structure = folder.replace(" ", "_")
+            mask = box_mask((mask_side, mask_side), frac)
+            write_gif(os.path.join(root, "JSRT", "masks", "masks", structure, name + ".gif"),
+                      mask)
+            write_png(os.path.join(root, "JSRT", "masks", "masks", structure + "_png",
+                                   name + ".png"), mask.astype(np.uint8) * 255)
+    return root
+
+
+def make_nlm_public_copy(root, montgomery=("MCUCXR_0001_0", "MCUCXR_0002_1", "MCUCXR_0003_0"),
+                         shenzhen=("CHNCXR_0001_0", "CHNCXR_0002_1", "CHNCXR_0003_0",
+                                   "CHNCXR_0004_1"),
+                         touching=("CHNCXR_0004_1",), mask_suffix=(), side=128):
+    """Writes a lungs-only copy with one both-lungs mask per film: data/cxr/<name>.png and
+    data/masks/<name>.png (or <name>_mask.png for names in `mask_suffix`), Montgomery and
+    Shenzhen films mixed in one folder. Films in `touching` get lungs joined by a bridge, so
+    their sides cannot be told apart."""
+    root = str(root)
+    for i, name in enumerate(list(montgomery) + list(shenzhen)):
+        shape = (side, side)
+        write_png(os.path.join(root, "data", "cxr", name + ".png"), radiograph(shape, seed=i))
+        union = box_mask(shape, LEFT_LUNG) | box_mask(shape, RIGHT_LUNG)
+        if name in touching:
+            union |= box_mask(shape, (0.4, 0.4, 0.6, 0.45))
+        stem = name + ("_mask" if name in mask_suffix else "")
+        write_png(os.path.join(root, "data", "masks", stem + ".png"),
+                  union.astype(np.uint8) * 255)
+    return root

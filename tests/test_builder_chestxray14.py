@@ -310,3 +310,29 @@ def test_a_dying_worker_is_explained():
             list(pool.map(os._exit, [3] * 8, chunksize=2))  # each worker exits at once
     finally:
         pool.close()
+
+
+# Hand-written label vectors of named fixture rows, in the paper's order (Atelectasis,
+# Cardiomegaly, Effusion, Infiltration, Mass, Nodule, Pneumonia, Pneumothorax, Consolidation,
+# Edema, Emphysema, Fibrosis, Pleural_Thickening, Hernia): never computed from the table.
+LITERAL_LABELS = {
+    "00000001_001.png": [0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],  # Cardiomegaly|Emphysema
+    "00000003_001.png": [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],  # Hernia|Infiltration
+    "00000004_000.png": [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0],  # Mass|Nodule
+    "00000005_000.png": [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],  # Pleural_Thickening
+    "00000006_000.png": [0] * 14,                                     # No Finding
+    "00000008_000.png": [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],  # Atelectasis|Effusion
+    "00000009_000.png": [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0],  # Pneumothorax
+}
+
+
+def test_named_rows_have_hand_written_label_vectors(built):
+    _, builder = built
+    got = {**examples(builder, "train"), **examples(builder, "validation"),
+           **examples(builder, "test")}
+    for name, vector in LITERAL_LABELS.items():
+        np.testing.assert_array_equal(got[name][fk.LABELS], vector, err_msg=name)
+    box = examples(builder, "bbox")
+    # Atelectasis = 0, Effusion = 2, "Infiltrate" (the box table's spelling) = Infiltration = 3.
+    assert box["00000008_000.png"][fk.BOX_LABELS].tolist() == [0, 2]
+    assert box["00000009_000.png"][fk.BOX_LABELS].tolist() == [3]

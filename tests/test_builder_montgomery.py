@@ -121,10 +121,12 @@ def test_a_segmenter_is_scored_on_the_lungs_of_montgomery(built, tiny_segmenter_
     builder, _ = built
     segmenter = load_model(tiny_segmenter_path)
     ds, structures = inference.segmentation_dataset(builder, "train", segmenter.input_size)
-    assert structures == ("left_lung", "right_lung")
-    _, masks = next(iter(ds))
-    # Stored 0/255: both lungs present in every image after scaling and binarising.
-    assert float(masks.numpy().sum(axis=(1, 2)).min()) > 0
+    assert structures == ("left_lung", "right_lung", "lungs")
+    _, (masks, known), _ = next(iter(ds))
+    # Stored 0/255: both lungs present in every image after scaling and binarising; the heart
+    # is never known, the sides are (this copy has one mask per lung).
+    assert float(masks.numpy()[..., [0, 1, 3]].sum(axis=(1, 2)).min()) > 0
+    np.testing.assert_array_equal(known.numpy()[0], [1, 1, 0, 1])
     seg = report_lib.evaluate_segmenter(segmenter, ds, structures)
     assert set(seg["structures"]) == {"left_lung", "right_lung", "lungs"}
     assert all(0.0 <= s["dice"] <= 1.0 for s in seg["structures"].values())

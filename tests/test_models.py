@@ -141,3 +141,75 @@ def test_call_without_training_flag_runs_in_inference_mode(images):
                              segmenter=segmenter)
     np.testing.assert_array_equal(np.asarray(model(images)),
                                   np.asarray(model(images, training=False)))
+
+
+# ------------------------------------------------------------ wiring through build_classifier
+
+def _pass_through_segmenter(size=SIZE):
+    """A segmenter stub whose three structure probabilities are the input image itself, so a
+    crafted image is a crafted mask."""
+    inputs = keras.Input((size, size, 1), name="image")
+    stub = keras.Model(inputs, keras.layers.Concatenate()([inputs, inputs, inputs]),
+                       name="stub_segmenter")
+    stub.structures = labels.STRUCTURES
+    stub.input_size = size
+    return stub
+
+
+def _features(model, image):
+    """(backbone features, weighted features, applied grid mask, coverage) for one image."""
+    layer = model.get_layer("feature_weighting")
+    raw = layer.input[0]  # the backbone's features as the outer graph feeds them
+    weighted, grid, coverage = layer.output
+    probe = keras.Model(model.input, [raw, weighted, grid, coverage])
+    return [np.asarray(t) for t in probe(image[None], training=False)]
+
+
+def _quadrants(values):
+    """A SIZE x SIZE image whose four 32 px quadrants (the 2 x 2 feature cells) hold `values`
+    (row-major: top-left, top-right, bottom-left, bottom-right)."""
+    image = np.zeros((SIZE, SIZE, 1), np.float32)
+    h = SIZE // 2
+    for k, v in enumerate(values):
+        r, c = divmod(k, 2)
+        image[r * h:(r + 1) * h, c * h:(c + 1) * h] = v
+    return image
+
+
+def _wired(**kwargs):
+    keras.utils.set_random_seed(3)
+    return build_classifier("cxr_irnet", backbone="densenet_tiny", input_size=SIZE,
+                            segmenter=_pass_through_segmenter(), **kwargs)
+
+
+def test_built_classifier_zeroes_exactly_the_features_outside_the_mask():
+    model = _wired(mask_threshold=0.5, min_mask_coverage=0.05)
+    raw, weighted, grid, coverage = _features(model, _quadrants([1.0, 0.0, 1.0, 0.0]))
+    assert raw.shape[1:3] == (2, 2)
+    np.testing.assert_array_equal(grid[0, ..., 0], [[1, 0], [1, 0]])
+    assert float(coverage[0]) == 0.5
+    np.testing.assert_array_equal(weighted[0, :, 1], 0.0)          # right column masked
+    np.testing.assert_allclose(weighted[0, :, 0], raw[0, :, 0])    # left column untouched
+    assert np.abs(raw[0, :, 1]).max() > 0                          # there was something to zero
+
+
+def test_built_classifier_cuts_at_the_configured_mask_threshold():
+    image = _quadrants([0.4, 0.6, 0.0, 1.0])  # pooled mask 0.4, 0.6, 0, 1 per cell
+    _, _, grid, _ = _features(_wired(mask_threshold=0.5, min_mask_coverage=0.05), image)
+    np.testing.assert_array_equal(grid[0, ..., 0], [[0, 1], [0, 1]])
+    _, _, grid, _ = _features(_wired(mask_threshold=0.3, min_mask_coverage=0.05), image)
+    np.testing.assert_array_equal(grid[0, ..., 0], [[1, 1], [0, 1]])
+    _, _, grid, _ = _features(_wired(mask_threshold=0.65, min_mask_coverage=0.05), image)
+    np.testing.assert_array_equal(grid[0, ..., 0], [[0, 0], [0, 1]])
+
+
+def test_built_classifier_turns_weighting_off_below_the_minimum_coverage():
+    image = _quadrants([0.0, 0.0, 0.0, 1.0])  # one cell of four: coverage 0.25
+    raw, weighted, grid, coverage = _features(
+        _wired(mask_threshold=0.5, min_mask_coverage=0.3), image)
+    assert float(coverage[0]) == 0.25
+    np.testing.assert_array_equal(grid[0, ..., 0], np.ones((2, 2)))  # fallback: all kept
+    np.testing.assert_allclose(weighted, raw)
+    raw, weighted, grid, _ = _features(_wired(mask_threshold=0.5, min_mask_coverage=0.2), image)
+    np.testing.assert_array_equal(grid[0, ..., 0], [[0, 0], [0, 1]])
+    np.testing.assert_array_equal(weighted[0, 0], 0.0)

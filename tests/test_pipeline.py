@@ -122,3 +122,37 @@ def test_served_full_resolution_image_matches_stored_record_within_8bit_rounding
     via_bytes = preprocessing.model_input_from_bytes(
         tf.constant(cv2.imencode(".png", grey)[1].tobytes()), 224, 256).numpy()
     assert np.abs(via_records - via_bytes).max() <= 0.5 / 255 + 1e-6
+
+
+def test_hospital_augmentation_is_deterministic_for_a_seed_and_keeps_masks_aligned():
+    import tensorflow as tf
+    size = 48
+    image = np.zeros((64, 64, 1), np.uint8)
+    image[16:48, 8:28] = 200
+    masks = np.zeros((64, 64, 3), np.uint8)
+    masks[16:48, 8:28, 1] = 255  # right lung where the bright block is
+    example = {"image": image, "masks": masks, "image_id": "a"}
+    aug = pipeline.Augmentation(min_crop_fraction=0.9, brightness=0.1, contrast=0.2, gamma=0.3,
+                                noise=0.03, blur=1.0, scale=0.12, rotation=8.0, shift=0.05,
+                                borders=1.0, overlays=1.0)
+    run = lambda s: pipeline.parse_partial_segmentation(  # noqa: E731
+        example, size, aug=aug, seed=tf.constant(s, tf.int64))
+    (x1, (m1, k1)), (x2, (m2, _)), (x3, (m3, _)) = run([1, 2]), run([1, 2]), run([3, 4])
+    np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+    np.testing.assert_array_equal(m1.numpy(), m2.numpy())
+    assert not np.array_equal(x1.numpy(), x3.numpy())
+    assert x1.shape == (size, size, 1) and m1.shape == (size, size, 4)
+    assert 0.0 <= float(x1.numpy().min()) and float(x1.numpy().max()) <= 1.0
+    np.testing.assert_array_equal(k1.numpy(), [1, 1, 1, 1])
+    # Geometry moves image and mask together: the bright block and the mask still coincide.
+    geometry = pipeline.Augmentation(scale=0.12, rotation=8.0, shift=0.05)
+    for s in ([1, 2], [3, 4], [5, 6]):
+        x, (m, _) = pipeline.parse_partial_segmentation(example, size, aug=geometry,
+                                                        seed=tf.constant(s, tf.int64))
+        bright, lung = x.numpy()[..., 0] > 0.4, m.numpy()[..., 1] > 0.5
+        assert (bright & lung).sum() / (bright | lung).sum() > 0.9
+    # Without geometric augmentation the mask does not move at all.
+    still = pipeline.Augmentation(gamma=0.3, noise=0.03, blur=1.0, borders=1.0, overlays=1.0)
+    _, (m, _) = pipeline.parse_partial_segmentation(example, 64, aug=still,
+                                                    seed=tf.constant([5, 6], tf.int64))
+    np.testing.assert_array_equal(m.numpy()[..., 1] > 0.5, masks[..., 1] > 0)

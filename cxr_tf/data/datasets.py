@@ -6,7 +6,7 @@ import os
 import tensorflow_datasets as tfds
 
 # Importing a builder module registers it with TFDS.
-from cxr_tf.data.builders import chestxray14, jsrt_scr, montgomery, synthetic_cxr
+from cxr_tf.data.builders import chestxray14, jsrt_scr, montgomery, shenzhen, synthetic_cxr
 
 log = logging.getLogger("cxr_tf")
 
@@ -17,15 +17,16 @@ REAL = {
     "chestxray14": chestxray14.make_builder,
     "jsrt_scr": jsrt_scr.make_builder,
     "montgomery": montgomery.make_builder,
+    "shenzhen": shenzhen.make_builder,
 }
 
 
 def get_builder(data_config, data_dir):
     """Returns the TFDS builder described by a configs.DataConfig, writing under `data_dir`.
 
-    `synthetic_cxr` is generated from the config's parameters; `chestxray14`, `jsrt_scr` and
-    `montgomery` are stored at `data_config.image_size` pixels (built from a manual download, see
-    docs/real_data.md); any other name is looked up in the TFDS registry.
+    `synthetic_cxr` is generated from the config's parameters; `chestxray14`, `jsrt_scr`,
+    `montgomery` and `shenzhen` are stored at `data_config.image_size` pixels (built from a
+    manual download, see docs/real_data.md); any other name is looked up in the TFDS registry.
     """
     if data_config.dataset == SYNTHETIC:
         return synthetic_cxr.make_builder(

@@ -9,7 +9,7 @@ LABELS = "labels"          # uint8 (len(labels.FINDINGS),), multi-hot in label-c
 IMAGE_ID = "image_id"      # source file name, e.g. "00000013_005.png"
 PATIENT_ID = "patient_id"  # patient identifier (string); splits never share one
 
-# Real data sets (cxr_tf.data.builders.chestxray14, jsrt_scr, montgomery).
+# Real data sets (cxr_tf.data.builders.chestxray14, jsrt_scr, montgomery, shenzhen).
 VIEW_POSITION = "view_position"  # ChestX-ray14: "PA" or "AP" (text, as in the label table)
 AGE = "age"                # int32 patient age in years; -1 when unknown
 SEX = "sex"                # text, "M" or "F" as in the source table; "" when unknown
@@ -24,10 +24,13 @@ BOX_LABELS = "box_labels"
 CLAVICLES = "clavicles"
 HAS_CLAVICLES = "has_clavicles"
 CLAVICLE_STRUCTURES = ("left_clavicle", "right_clavicle")
-# Lungs-only data sets (Montgomery): uint8 (H, W, 2) 0 or 255, channels (left_lung, right_lung).
-# They have NO `masks` feature: a missing heart outline is not "no heart".
+# Lungs-only data sets (Montgomery, Shenzhen): uint8 (H, W, 2) 0 or 255, channels (left_lung,
+# right_lung), all zero where LUNG_SIDES is False; LUNGS: uint8 (H, W, 1) 0 or 255, both lungs
+# (always exact). They have NO `masks` feature: a missing heart outline is not "no heart".
 LUNG_MASKS = "lung_masks"
 LUNG_STRUCTURES = ("left_lung", "right_lung")
+LUNGS = "lungs"
+LUNG_SIDES = "lung_sides"  # bool: the film's mask says which lung is which
 NODULE = "nodule"          # JSRT: bool, the film shows a lung nodule (JPCLN*) or not (JPCNN*)
 TUBERCULOSIS = "tuberculosis"  # Montgomery: bool, file name ends in _1 (TB) or _0 (normal)
 FOLD = "fold"              # JSRT/SCR: int32 SCR fold (1 or 2)

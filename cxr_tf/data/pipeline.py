@@ -15,6 +15,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from cxr_tf import labels as labels_lib
+from cxr_tf.data import augment
 from cxr_tf.data import features as fk
 from cxr_tf.data import preprocessing
 
@@ -25,19 +27,45 @@ AUTOTUNE = tf.data.AUTOTUNE
 class Augmentation:
     """Anatomically safe augmentation. Left-right flips are absent on purpose: they move the heart.
 
+    All fields default to off (the paper trains without augmentation). The fields after
+    `contrast` imitate films from other hospitals (cxr_tf.data.augment); geometry moves the image
+    and its masks together, the rest changes the image only.
+
     Attributes:
       min_crop_fraction: random square crop (uniform position) covering at least this fraction
         of the side, resized back to the input size (1 = off).
-      brightness: max absolute brightness shift (0 = off).
+      brightness: max absolute brightness (exposure) shift (0 = off).
       contrast: max relative contrast change (0 = off).
+      gamma: max |log gamma| of a tone curve image ** gamma (0 = off).
+      noise: max standard deviation of additive Gaussian noise (0 = off).
+      blur: max Gaussian blur sigma in input pixels (0 = off).
+      scale: max relative zoom, drawn in [1 - scale, 1 + scale] (0 = off).
+      rotation: max rotation in degrees (0 = off).
+      shift: max shift as a fraction of the side (0 = off).
+      borders: probability of collimation bands along the edges (0 = off).
+      overlays: probability of burnt-in lines and text blocks (0 = off).
     """
     min_crop_fraction: float = 1.0
     brightness: float = 0.0
     contrast: float = 0.0
+    gamma: float = 0.0
+    noise: float = 0.0
+    blur: float = 0.0
+    scale: float = 0.0
+    rotation: float = 0.0
+    shift: float = 0.0
+    borders: float = 0.0
+    overlays: float = 0.0
+
+    @property
+    def geometric(self):
+        return self.scale > 0 or self.rotation > 0 or self.shift > 0
 
     @property
     def enabled(self):
-        return self.min_crop_fraction < 1.0 or self.brightness > 0 or self.contrast > 0
+        return (self.min_crop_fraction < 1.0 or self.geometric
+                or any(getattr(self, f) > 0 for f in ("brightness", "contrast", "gamma", "noise",
+                                                      "blur", "borders", "overlays")))
 
 
 NO_AUGMENTATION = Augmentation()
@@ -57,6 +85,10 @@ def _random_crop(stacked, fraction_low, seed):
 
 
 def _photometric(image, aug, seed):
+    # Tone first (gamma, contrast, exposure), then the detector (blur, noise), then what is burnt
+    # into the film after acquisition (borders, overlays): the order films are made in.
+    if aug.gamma > 0:
+        image = augment.gamma(image, seed, aug.gamma)
     if aug.contrast > 0:
         s = tf.random.experimental.stateless_fold_in(seed, 3)
         factor = tf.random.stateless_uniform([], seed=s, minval=1 - aug.contrast,
@@ -66,7 +98,16 @@ def _photometric(image, aug, seed):
         s = tf.random.experimental.stateless_fold_in(seed, 4)
         image = image + tf.random.stateless_uniform([], seed=s, minval=-aug.brightness,
                                                     maxval=aug.brightness)
-    return tf.clip_by_value(image, 0.0, 1.0)
+    if aug.blur > 0:
+        image = augment.blur(image, seed, aug.blur)
+    if aug.noise > 0:
+        image = augment.noise(image, seed, aug.noise)
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    if aug.borders > 0:
+        image = augment.borders(image, seed, aug.borders)
+    if aug.overlays > 0:
+        image = augment.overlays(image, seed, aug.overlays)
+    return image
 
 
 def parse_classification(example, size, resize_size=None, aug=NO_AUGMENTATION, seed=None):
@@ -89,12 +130,15 @@ def _require_feature(example, key, parser, hint):
 
 
 def _segmentation_pair(image, masks, size, aug, seed):
-    """Shared geometry of the segmentation parsers: one crop and resize for image and masks."""
+    """Shared geometry of the segmentation parsers: one crop, resize and affine for image and
+    masks, then the image-only augmentations."""
     n_masks = masks.shape[-1]
     stacked = tf.concat([image, masks], axis=-1)
     if aug.enabled and aug.min_crop_fraction < 1.0:
         stacked = _random_crop(stacked, aug.min_crop_fraction, seed)
     stacked = preprocessing.resize_and_crop(stacked, size)
+    if aug.enabled and aug.geometric:
+        stacked = augment.affine(stacked, seed, aug.scale, aug.rotation, aug.shift)
     image = stacked[..., :1]
     masks = tf.cast(stacked[..., 1:] >= 0.5, tf.float32)
     masks = tf.ensure_shape(masks, [size, size, n_masks])
@@ -134,6 +178,49 @@ def parse_lung_segmentation(example, size, aug=NO_AUGMENTATION, seed=None):
     image = preprocessing.to_float(example[fk.IMAGE])
     masks = tf.cast(masks, tf.float32) / 255.0
     return _segmentation_pair(image, masks, size, aug, seed)
+
+
+def segmentation_targets(example):
+    """The targets of any segmentation data set in one layout, for training on several at once.
+
+    Returns {"image": (H, W, 1) uint8, "masks": (H, W, 4) uint8 0/255 in
+    labels.SEGMENTATION_TARGETS order (left lung, right lung, heart, both lungs), "known": (4,)
+    float32, 1 where the data set labels that target, and "image_id" when the example has one}. Data sets with `masks` (jsrt_scr,
+    synthetic_cxr) know all four (both lungs = left | right); lungs-only data sets (montgomery,
+    shenzhen) know both lungs, the sides where `lung_sides` says so, and never the heart.
+
+    Raises:
+      ValueError: the examples carry neither `masks` nor `lungs`.
+    """
+    ids = {fk.IMAGE_ID: example[fk.IMAGE_ID]} if fk.IMAGE_ID in example else {}
+    if fk.MASKS in example:
+        masks = example[fk.MASKS]
+        lungs = tf.maximum(masks[..., 0:1], masks[..., 1:2])
+        return {"image": example[fk.IMAGE], "masks": tf.concat([masks, lungs], axis=-1),
+                "known": tf.ones([len(labels_lib.SEGMENTATION_TARGETS)], tf.float32), **ids}
+    _require_feature(example, fk.LUNGS, "segmentation_targets",
+                     f"Expected {fk.MASKS!r} (lungs and heart) or {fk.LUNGS!r} (lungs only).")
+    sides = tf.cast(example[fk.LUNG_SIDES], tf.float32)
+    lung_masks = example[fk.LUNG_MASKS]
+    heart = tf.zeros_like(lung_masks[..., :1])
+    return {"image": example[fk.IMAGE],
+            "masks": tf.concat([lung_masks, heart, example[fk.LUNGS]], axis=-1),
+            "known": tf.stack([sides, sides, 0.0, 1.0]), **ids}
+
+
+def parse_partial_segmentation(example, size, aug=NO_AUGMENTATION, seed=None):
+    """`segmentation_targets` output (or a decoded example) -> (image (size, size, 1),
+    (masks (size, size, 4) float32 in {0, 1}, known (4,) float32)).
+
+    The target pair feeds cxr_tf.models.losses.partial_dice_loss, which scores only the known
+    targets of each image, and the partial segmentation metrics.
+    """
+    if "known" not in example:
+        example = segmentation_targets(example)
+    image = preprocessing.to_float(example["image"])
+    masks = tf.cast(example["masks"], tf.float32) / 255.0
+    image, masks = _segmentation_pair(image, masks, size, aug, seed)
+    return image, (masks, example["known"])
 
 
 def make_dataset(examples, parse_fn, batch_size, training, aug=NO_AUGMENTATION, seed=0,

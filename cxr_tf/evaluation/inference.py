@@ -54,13 +54,15 @@ class InferenceRunner:
             def distributed_step(x, y):
                 outputs, targets = strategy.run(forward, args=(x, y))
                 gather = lambda t: strategy.gather(t, axis=0)  # noqa: E731
-                return tf.nest.map_structure(gather, outputs), gather(targets)
+                return (tf.nest.map_structure(gather, outputs),
+                        tf.nest.map_structure(gather, targets))
 
             step = tf.function(counted(distributed_step),
                                input_signature=list(element_spec[:2]))
         else:
-            relaxed = [tf.TensorSpec([None, *s.shape[1:]], s.dtype) for s in element_spec[:2]]
-            step = tf.function(counted(forward), input_signature=relaxed)
+            relaxed = tf.nest.map_structure(lambda s: tf.TensorSpec([None, *s.shape[1:]], s.dtype),
+                                            tuple(element_spec[:2]))
+            step = tf.function(counted(forward), input_signature=list(relaxed))
         self._steps[key] = step
         return step
 
@@ -78,7 +80,8 @@ class InferenceRunner:
         """Runs the model over `dataset` and concatenates the results.
 
         Args:
-          dataset: yields (image, target) or (image, target, image_id) batches.
+          dataset: yields (image, target) or (image, target, image_id) batches; a target may be
+            a tuple of tensors (e.g. segmentation masks and their known flags).
           outputs_key: when the model returns a dict, keep only this key (None keeps the dict).
 
         Returns:
@@ -98,7 +101,7 @@ class InferenceRunner:
             else:
                 y = y.numpy()
             outs.append(y)
-            targets.append(t.numpy())
+            targets.append(tf.nest.map_structure(lambda v: v.numpy(), t))
             if len(batch) > 2:
                 ids.extend(s.decode() for s in batch[2].numpy())
         if not outs:
@@ -107,7 +110,8 @@ class InferenceRunner:
             merged = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
         else:
             merged = np.concatenate(outs)
-        result = {"outputs": merged, "targets": np.concatenate(targets)}
+        result = {"outputs": merged,
+                  "targets": tf.nest.map_structure(lambda *v: np.concatenate(v), *targets)}
         if ids:
             result["ids"] = ids
         return result
@@ -361,38 +365,39 @@ def predict(predictor, dataset, keep_cams=False):
 
 
 def segmentation_dataset(builder, split, size, batch_size=64):
-    """(image, masks) batches of a split with masks, at the segmenter's input size.
+    """(image, (masks, known), image_id) batches of a split with masks, at the segmenter's
+    input size.
 
-    Data sets with `masks` (left lung, right lung, heart) give all three structures; lungs-only
-    data sets (`lung_masks`, e.g. Montgomery) give the two lungs. Images and masks are resized
+    Targets in labels.SEGMENTATION_TARGETS order (left lung, right lung, heart, both lungs) with
+    their per-image known flags (cxr_tf.data.pipeline.segmentation_targets): data sets with
+    `masks` (synthetic_cxr, jsrt_scr) label all four, lungs-only data sets (montgomery, shenzhen)
+    both lungs and, where the mask tells them apart, each lung. Images and masks are resized
     together exactly as for training (cxr_tf.data.preprocessing.resize_and_crop), masks
     binarised at 0.5.
 
     Returns:
-      (dataset, structure names of the mask channels).
+      (dataset, names of the targets the data set can label: all four, or the three lung
+      targets for lungs-only data sets).
     """
     from cxr_tf import labels as labels_lib
     from cxr_tf.data import datasets
     from cxr_tf.data import features as fk
-    from cxr_tf.data import preprocessing
+    from cxr_tf.data import pipeline
 
     features = builder.info.features
     if fk.MASKS in features:
-        key, structures = fk.MASKS, labels_lib.STRUCTURES
-    elif fk.LUNG_MASKS in features:
-        key, structures = fk.LUNG_MASKS, fk.LUNG_STRUCTURES
+        structures = labels_lib.SEGMENTATION_TARGETS
+    elif fk.LUNGS in features:
+        structures = ("left_lung", "right_lung", labels_lib.LUNGS)
     else:
         raise ValueError(f"{builder.info.full_name} has no segmentation masks ({fk.MASKS!r} or "
-                         f"{fk.LUNG_MASKS!r}); score the segmenter on a data set with masks, "
-                         f"e.g. synthetic_cxr or jsrt_scr")
-    n = len(structures)
+                         f"{fk.LUNGS!r}); score the segmenter on a data set with masks, e.g. "
+                         f"synthetic_cxr, jsrt_scr, montgomery or shenzhen (rebuild a montgomery "
+                         f"data set made by cxr_tf < 0.2)")
 
     def parse(ex):
-        image = preprocessing.to_float(ex[fk.IMAGE])
-        masks = tf.cast(ex[key], tf.float32) / 255.0
-        stacked = preprocessing.resize_and_crop(tf.concat([image, masks], axis=-1), size)
-        masks = tf.ensure_shape(tf.cast(stacked[..., 1:] >= 0.5, tf.float32), [size, size, n])
-        return stacked[..., :1], masks
+        image, targets = pipeline.parse_partial_segmentation(ex, size)
+        return image, targets, ex[fk.IMAGE_ID]
 
     ds = datasets.load_split(builder, split).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), tuple(structures)

@@ -86,6 +86,62 @@ def segmentation_scores(masks_true, masks_pred, structure_names, threshold=0.5):
     return scores
 
 
+def partial_segmentation_scores(masks_true, probs, known, names, threshold=0.5):
+    """Dice and IoU of every target over the images that label it (partial labels).
+
+    Args:
+      masks_true: (N, H, W, T) binary targets in the order of `names` (e.g.
+        labels.SEGMENTATION_TARGETS: left lung, right lung, heart, lungs).
+      probs: (N, H, W, T) predicted probabilities or masks, same order (binarised at
+        `threshold`).
+      known: (N, T) 1 where the image labels that target.
+      names: the T target names; "lungs" and "heart", when both are there, also give "union"
+        (both lungs and the heart) on the images that label the heart.
+
+    Returns:
+      (scores, per_image): scores {name: {"dice", "iou", "n_images"}} for every target some
+      image labels (means over those images); per_image {name: (N,) Dice, NaN where unknown}.
+    """
+    t = np.asarray(masks_true) >= 0.5
+    p = np.asarray(probs) >= threshold
+    known = np.asarray(known) > 0.5
+    names = list(names)
+    if t.shape != p.shape or t.ndim != 4 or known.shape != (t.shape[0], t.shape[-1]) \
+            or len(names) != t.shape[-1]:
+        raise ValueError(f"masks (N, H, W, T), predictions (N, H, W, T), known (N, T) and T "
+                         f"names expected; got {t.shape}, {p.shape}, {known.shape}, {names}")
+    dice, iou = dice_iou_per_image(t, p)
+    if "lungs" in names and "heart" in names:
+        li, hi = names.index("lungs"), names.index("heart")
+        d, j = dice_iou_per_image(t[..., [li]] | t[..., [hi]], p[..., [li]] | p[..., [hi]])
+        dice = np.concatenate([dice, d], axis=1)
+        iou = np.concatenate([iou, j], axis=1)
+        known = np.concatenate([known, known[:, [hi]] & known[:, [li]]], axis=1)
+        names = names + ["union"]
+    scores, per_image = {}, {}
+    for i, name in enumerate(names):
+        rows = known[:, i]
+        per_image[name] = np.where(rows, dice[:, i], np.nan)
+        if rows.any():
+            scores[name] = {"dice": float(dice[rows, i].mean()),
+                            "iou": float(iou[rows, i].mean()), "n_images": int(rows.sum())}
+    return scores, per_image
+
+
+def bootstrap_mean_interval(values, n_resamples=1000, confidence=0.95, seed=0):
+    """Percentile-bootstrap interval of the mean of `values` (NaNs dropped), with
+    scipy.stats.bootstrap; (nan, nan) for fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) < 2 or not n_resamples:
+        return float("nan"), float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, method="percentile",
+                              confidence_level=confidence, random_state=seed, vectorized=True)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
 def auroc_rows(y_true, y_score):
     """AUROC along the last axis for many score vectors at once (the bootstrap's statistic).
 

@@ -176,29 +176,69 @@ def write_figures(clf_report, y, p, out_dir, title=None):
     return {"roc": ROC_PNG, "reliability": RELIABILITY_PNG}
 
 
-def evaluate_segmenter(segmenter, seg_ds, structures=labels_lib.STRUCTURES):
+def _as_partial_targets(targets, structures):
+    """(masks in `structures` channel order) -> (masks, known) over labels.SEGMENTATION_TARGETS;
+    (masks, known) pairs pass through."""
+    if isinstance(targets, (tuple, list)):
+        return targets
+    names = labels_lib.SEGMENTATION_TARGETS
+    n = len(targets)
+    masks = np.zeros(targets.shape[:3] + (len(names),), np.float32)
+    known = np.zeros((n, len(names)), np.float32)
+    for i, name in enumerate(structures):
+        masks[..., names.index(name)] = targets[..., i]
+        known[:, names.index(name)] = 1
+    if "left_lung" in structures and "right_lung" in structures and "lungs" not in structures:
+        masks[..., names.index("lungs")] = np.maximum(masks[..., 0], masks[..., 1])
+        known[:, names.index("lungs")] = 1
+    return masks, known
+
+
+def evaluate_segmenter(segmenter, seg_ds, structures=labels_lib.STRUCTURES, n_resamples=1000,
+                       worst_fraction=0.1, seed=0):
     """Dice and IoU per structure, both lungs together and the union, at the segmenter's input
-    resolution.
+    resolution, each over the images that label it, with bootstrap intervals and the worst films.
 
     Args:
       segmenter: a UNetSegmenter (outputs labels.STRUCTURES channels).
-      seg_ds: (image, masks) batches, e.g. from inference.segmentation_dataset.
-      structures: names of the mask channels of `seg_ds` (a subset of labels.STRUCTURES; the
-        matching segmenter channels are scored). Without the heart, "union" equals "lungs" and
-        is left out.
+      seg_ds: batches of (image, (masks, known)[, image_id]) as made by
+        inference.segmentation_dataset, or (image, masks) with one mask channel per name of
+        `structures`.
+      structures: the targets to score, from labels.SEGMENTATION_TARGETS ("lungs" = both lungs
+        together; the segmenter's is the union of its two lungs). With "lungs" and "heart",
+        "union" (lungs and heart) is scored too; without the heart it is left out.
+      n_resamples: bootstrap resamples of each mean Dice's 95% interval (0: none).
+      worst_fraction: the share of films with the lowest Dice listed per target (at least 1).
+      seed: bootstrap seed.
     """
-    unknown = [s for s in structures if s not in labels_lib.STRUCTURES]
+    unknown = [s for s in structures if s not in labels_lib.SEGMENTATION_TARGETS]
     if unknown:
         raise ValueError(f"Unknown structures {unknown}; expected a subset of "
-                         f"{labels_lib.STRUCTURES}")
+                         f"{labels_lib.SEGMENTATION_TARGETS}")
     res = inference.collect(segmenter, seg_ds)
-    channels = [labels_lib.STRUCTURES.index(s) for s in structures]
-    scores = metrics.segmentation_scores(res["targets"], res["outputs"][..., channels],
-                                         structures)
-    if "heart" not in structures:
-        scores.pop("union", None)
-    return {"n_images": int(len(res["targets"])), "resolution": int(res["targets"].shape[1]),
-            "structures": scores, "threshold": 0.5}
+    masks, known = _as_partial_targets(res["targets"], structures)
+    probs = np.asarray(res["outputs"], np.float32)
+    probs = np.concatenate([probs, np.maximum(probs[..., 0:1], probs[..., 1:2])], axis=-1)
+    scored = set(structures)
+    if {"left_lung", "right_lung"} <= scored:
+        scored.add(labels_lib.LUNGS)  # both lungs together, from the two
+    wanted = np.array([name in scored for name in labels_lib.SEGMENTATION_TARGETS], float)
+    scores, per_image = metrics.partial_segmentation_scores(
+        masks, probs, known * wanted, labels_lib.SEGMENTATION_TARGETS)
+    ids = res.get("ids") or [str(i) for i in range(len(probs))]
+    worst = {}
+    for name, score in scores.items():
+        lo, hi = metrics.bootstrap_mean_interval(per_image[name], n_resamples, seed=seed)
+        score.update(ci_low=_num(lo), ci_high=_num(hi))
+        dice = per_image[name]
+        rows = np.nonzero(~np.isnan(dice))[0]
+        k = max(1, int(math.ceil(worst_fraction * len(rows))))
+        worst[name] = [{"image_id": ids[i], "dice": float(dice[i])}
+                       for i in rows[np.argsort(dice[rows], kind="stable")[:k]]]
+    return {"n_images": int(len(probs)), "resolution": int(probs.shape[1]),
+            "structures": scores, "threshold": 0.5, "worst": worst,
+            "worst_fraction": float(worst_fraction),
+            "bootstrap": {"resamples": int(n_resamples), "confidence": 0.95, "seed": int(seed)}}
 
 
 def write_predictions_csv(predictions, path):
@@ -251,9 +291,12 @@ def classification_table(report):
 
 def segmentation_table(seg):
     """Plain-text Dice / IoU table per structure (what the binaries print)."""
-    lines = [f"{'structure':<20}{'Dice':>8}{'IoU':>8}"]
+    lines = [f"{'structure':<20}{'Dice':>8}{'IoU':>8}{'n':>6}  Dice, 95% interval"]
     for name, sc in seg["structures"].items():
-        lines.append(f"{name:<20}{sc['dice']:>8.4f}{sc['iou']:>8.4f}")
+        ci = (f"[{_fmt(sc.get('ci_low'), 3)}, {_fmt(sc.get('ci_high'), 3)}]"
+              if sc.get("ci_low") is not None else "")
+        lines.append(f"{name:<20}{sc['dice']:>8.4f}{sc['iou']:>8.4f}"
+                     f"{sc.get('n_images', seg['n_images']):>6}  {ci}")
     return "\n".join(lines)
 
 
@@ -344,11 +387,20 @@ def localisation_markdown(loc):
 
 def segmentation_markdown(seg):
     """Dice and IoU per structure."""
-    out = ["| Structure | Dice | IoU |", "|---|---:|---:|"]
+    out = ["| Structure | Dice | 95% CI | IoU | images |", "|---|---:|---|---:|---:|"]
     for name, s in seg["structures"].items():
-        out.append(f"| {name} | {s['dice']:.4f} | {s['iou']:.4f} |")
-    out += ["", "Masks binarised at 0.5; per-image scores averaged; `lungs` = both lungs "
-                "together, `union` = lungs and heart."]
+        out.append(f"| {name} | {s['dice']:.4f} | {_ci(s.get('ci_low'), s.get('ci_high'))} | "
+                   f"{s['iou']:.4f} | {s.get('n_images', seg['n_images'])} |")
+    out += ["", "Masks binarised at 0.5; per-image scores averaged over the images that label "
+                "each structure; `lungs` = both lungs together, `union` = lungs and heart; "
+                "intervals: percentile bootstrap over images."]
+    worst = seg.get("worst") or {}
+    if worst:
+        share = round(100 * seg.get("worst_fraction", 0.1))
+        out += ["", f"Worst {share}% of films by Dice:", ""]
+        for name, films in worst.items():
+            out.append(f"- {name}: " + ", ".join(f"{w['image_id']} {w['dice']:.3f}"
+                                                 for w in films))
     return "\n".join(out)
 
 

@@ -27,7 +27,7 @@ from cxr_tf.data import datasets, pipeline
 from cxr_tf.data import features as fk
 from cxr_tf.evaluation import inference, metrics
 from cxr_tf.models import classifier as classifier_lib
-from cxr_tf.models.losses import SoftDiceLoss
+from cxr_tf.models.losses import partial_dice_loss
 from cxr_tf.models.unet import UNetSegmenter
 from cxr_tf.training import loop, objectives, strategies
 
@@ -41,15 +41,21 @@ EVAL_BATCH = 64
 SHUFFLE_BUFFER = 2048
 
 
-def segmentation_datasets(config, builder, split, training):
-    """(image, masks) batches for the segmenter from a split with masks."""
-    seg = config.segmenter
-    parse = functools.partial(pipeline.parse_segmentation, size=seg.input_size)
-    aug = pipeline.Augmentation(min_crop_fraction=seg.min_crop_fraction)
-    return pipeline.make_dataset(
-        datasets.load_split(builder, split), parse,
-        seg.batch_size if training else EVAL_BATCH, training, aug=aug, seed=config.seed,
-        cache=config.data.cache)
+def segmentation_validation_sets(config, builders):
+    """{data set name: (image, (masks, known)) validation batches at the segmenter's input size}
+    for every source that has a validation split."""
+    out = {}
+    for name, builder in builders.items():
+        if "validation" not in builder.info.splits:
+            log.warning("%s has no validation split: it does not take part in model selection",
+                        builder.info.full_name)
+            continue
+        ds, _ = inference.segmentation_dataset(builder, "validation", config.segmenter.input_size,
+                                               batch_size=EVAL_BATCH)
+        out[name] = ds.map(lambda x, t, ids: (x, t))
+    if not out:
+        raise ValueError("No segmentation data set has a validation split to select on")
+    return out
 
 
 def classification_dataset(config, builder, split, training, with_ids=False, batch_size=None):
@@ -70,8 +76,8 @@ def epoch_seed(seed, epoch):
     return (int(seed) * 1_000_003 + int(epoch) + 1) % (2 ** 62)
 
 
-def epoch_input(config, builder, split, parse_fn, aug, global_batch_size):
-    """A loop.EpochInput over a split: per-epoch seeded shuffle and augmentation.
+def epoch_input(config, examples, num_examples, parse_fn, aug, global_batch_size):
+    """A loop.EpochInput over decoded examples: per-epoch seeded shuffle and augmentation.
 
     Epoch e shuffles the (optionally cached) examples with seed epoch_seed(config.seed, e),
     pairs each with a per-example augmentation seed from the same stream, keeps the first
@@ -82,17 +88,16 @@ def epoch_input(config, builder, split, parse_fn, aug, global_batch_size):
 
     Args:
       config: ExperimentConfig (seed, data.cache).
-      builder: TFDS builder.
-      split: split name, normally "train".
+      examples: tf.data.Dataset of decoded examples (e.g. `datasets.load_split(builder,
+        "train")`) in a fixed order.
+      num_examples: how many it holds.
       parse_fn: `fn(example, aug=..., seed=...) -> (image, target)`.
       aug: pipeline.Augmentation.
       global_batch_size: examples per global step.
     """
-    examples = datasets.load_split(builder, split)
     if config.data.cache:
         examples = examples.cache()  # shared by the datasets of all epochs
-    num_examples = builder.info.splits[split].num_examples
-    steps = num_examples // global_batch_size
+    steps = int(num_examples) // global_batch_size
     seed = config.seed
 
     def dataset_fn(epoch, start_step, ctx):
@@ -111,6 +116,33 @@ def epoch_input(config, builder, split, parse_fn, aug, global_batch_size):
     return loop.EpochInput(dataset_fn, steps, global_batch_size)
 
 
+def split_examples(builder, split):
+    """(decoded examples of a split in stored order, their number)."""
+    return datasets.load_split(builder, split), builder.info.splits[split].num_examples
+
+
+def segmentation_train_examples(builders, repeats):
+    """The training examples of several segmentation data sets in one stream.
+
+    Each source is put in the common layout of pipeline.segmentation_targets (image, masks over
+    the four targets, known flags), repeated `repeats[name]` times, and the sources are
+    concatenated in the given order (the epoch's shuffle mixes them).
+
+    Returns:
+      (examples, number of examples, {name: examples per epoch}).
+    """
+    stream, total, per_source = None, 0, {}
+    for name, builder in builders.items():
+        examples, n = split_examples(builder, "train")
+        examples = examples.map(pipeline.segmentation_targets,
+                                num_parallel_calls=tf.data.AUTOTUNE)
+        examples = examples.repeat(repeats[name])
+        per_source[name] = n * repeats[name]
+        total += per_source[name]
+        stream = examples if stream is None else stream.concatenate(examples)
+    return stream, total, per_source
+
+
 def _runner_for(runners, model, strategy):
     """The InferenceRunner of `model`, built on the first validation and reused after."""
     if runners.get("model") is not model:
@@ -118,20 +150,38 @@ def _runner_for(runners, model, strategy):
     return runners["runner"]
 
 
-def segmenter_validation(dataset, strategy=None):
-    """validate() for the segmenter: Dice per structure, lungs and union on `dataset`.
+def segmenter_validation(val_sets, strategy=None):
+    """validate() for the segmenter: Dice per target and data set, and the selection metric.
 
-    The model's inference step is traced once, on the first call, and reused every epoch; under
-    a multi-replica `strategy` validation runs distributed over the replicas.
+    Args:
+      val_sets: {data set name: (image, (masks, known)) batches}, see
+        segmentation_validation_sets.
+      strategy: the training strategy (validation runs distributed over its replicas).
+
+    The returned dict holds `dice_<target>` (with one data set) or `dice_<target>_<data set>`
+    (with several) for every target the data set labels, and `mean_dice`: the mean over data
+    sets of their primary targets' Dice (left lung, right lung and heart where the heart is
+    labelled, both lungs together for lungs-only sets). With one lung-and-heart data set this
+    is the mean Dice of the three structures. The model's inference step is traced once, on the
+    first call, and reused every epoch.
     """
     runners = {}
+    targets = labels_lib.SEGMENTATION_TARGETS
 
     def validate(model):
-        res = _runner_for(runners, model, strategy)(dataset)
-        scores = metrics.segmentation_scores(res["targets"], res["outputs"],
-                                             labels_lib.STRUCTURES)
-        out = {f"dice_{k}": v["dice"] for k, v in scores.items()}
-        out["mean_dice"] = float(np.mean([scores[s]["dice"] for s in labels_lib.STRUCTURES]))
+        runner = _runner_for(runners, model, strategy)
+        out, primary = {}, []
+        for name, dataset in val_sets.items():
+            res = runner(dataset)
+            masks, known = res["targets"]
+            probs = res["outputs"]
+            probs = np.concatenate([probs, np.maximum(probs[..., :1], probs[..., 1:2])], -1)
+            scores, _ = metrics.partial_segmentation_scores(masks, probs, known, targets)
+            suffix = f"_{name}" if len(val_sets) > 1 else ""
+            out.update({f"dice_{k}{suffix}": v["dice"] for k, v in scores.items()})
+            keys = (labels_lib.STRUCTURES if "heart" in scores else (labels_lib.LUNGS,))
+            primary += [scores[k]["dice"] for k in keys if k in scores]
+        out["mean_dice"] = float(np.mean(primary))
         return out
     return validate
 
@@ -288,11 +338,13 @@ def _run_info(strategy, policy, trainer):
 
 
 def train_segmenter(config, builder, work_dir, strategy=None, verbose=1):
-    """Trains the U-Net on the builder's train split, selecting on validation mean Dice.
+    """Trains the U-Net on the train split(s), selecting on validation mean Dice.
 
     Args:
       config: an ExperimentConfig; `config.segmenter` holds the model and training options.
-      builder: TFDS builder with train and validation splits carrying masks.
+      builder: a TFDS builder with train and validation splits carrying masks, or a dict
+        {data set name: builder} of several (`config.segmenter.datasets` gives the repeats per
+        epoch; lungs-only data sets supervise only the lungs, see partial_dice_loss).
       work_dir: output directory (re-running with the same one resumes).
       strategy: tf.distribute strategy (default: no distribution).
       verbose: 1 progress bars, 0 per-epoch log lines only.
@@ -302,27 +354,36 @@ def train_segmenter(config, builder, work_dir, strategy=None, verbose=1):
     strategy = strategy or tf.distribute.get_strategy()
     seg = config.segmenter
     policy = _setup(seg, strategy, "segmenter")
+    builders = builder if isinstance(builder, dict) else {builder.name: builder}
+    repeats = dict(configs_lib.segmenter_sources(seg, next(iter(builders))))
+    missing = [n for n in builders if n not in repeats]
+    if missing and seg.datasets:
+        raise ValueError(f"Data set(s) {missing} given but segmenter.datasets = "
+                         f"{seg.datasets!r} does not list them")
+    repeats = {n: repeats.get(n, 1) for n in builders}
     os.makedirs(work_dir, exist_ok=True)
     _seed_everything(config.seed)
-    parse = functools.partial(pipeline.parse_segmentation, size=seg.input_size)
-    aug = pipeline.Augmentation(min_crop_fraction=seg.min_crop_fraction)
-    train_input = epoch_input(config, builder, "train", parse, aug, seg.batch_size)
-    val_ds = segmentation_datasets(config, builder, "validation", training=False)
+    parse = functools.partial(pipeline.parse_partial_segmentation, size=seg.input_size)
+    aug = pipeline.Augmentation(**seg.augmentation_fields())
+    examples, total, per_source = segmentation_train_examples(builders, repeats)
+    train_input = epoch_input(config, examples, total, parse, aug, seg.batch_size)
+    val_sets = segmentation_validation_sets(config, builders)
     with _dtype_policy(policy):
         with strategy.scope():
             model = UNetSegmenter(input_size=seg.input_size, base_filters=seg.base_filters,
                                   depth=seg.depth)
             optimizer = _make_optimizer(seg, train_input.steps_per_epoch, policy)
-        trainer = _trainer(model, SoftDiceLoss(reduction=None), optimizer, strategy, work_dir,
-                           "mean_dice", seg, policy)
-        log.info("Training segmenter: %d parameters, input %d px, %d epochs, global batch %d",
-                 model.count_params(), seg.input_size, seg.epochs, seg.batch_size)
+        trainer = _trainer(model, partial_dice_loss(bce_weight=seg.bce_weight), optimizer,
+                           strategy, work_dir, "mean_dice", seg, policy)
+        log.info("Training segmenter: %d parameters, input %d px, %d epochs, global batch %d, "
+                 "examples per epoch %s", model.count_params(), seg.input_size, seg.epochs,
+                 seg.batch_size, ", ".join(f"{n} {k}" for n, k in per_source.items()))
         if trainer.chief:
             _write_experiment(work_dir, config, role="segmenter",
+                              datasets={n: b.info.full_name for n, b in builders.items()},
                               **_run_info(strategy, policy, trainer))
         trainer.fit(train_input, seg.epochs, seg.batch_size,
-                    segmenter_validation(val_ds, strategy),
-                    verbose=verbose)
+                    segmenter_validation(val_sets, strategy), verbose=verbose)
     return trainer.best_path
 
 
@@ -393,7 +454,8 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
                               resize_size=clf.resize_size)
     aug = pipeline.Augmentation(min_crop_fraction=clf.min_crop_fraction,
                                 brightness=clf.brightness, contrast=clf.contrast)
-    train_input = epoch_input(config, builder, "train", parse, aug, clf.batch_size)
+    train_input = epoch_input(config, *split_examples(builder, "train"), parse, aug,
+                              clf.batch_size)
     val_ds = classification_dataset(config, builder, "validation", training=False)
     loss_fn, pos_weights = classifier_loss(config, builder, work_dir,
                                            write=strategies.is_chief(strategy))

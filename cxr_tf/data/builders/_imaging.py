@@ -275,25 +275,77 @@ def jsrt_job(job):
         return key, None, str(e)
 
 
-def lungs_job(job):
-    """One radiograph with its two lung masks (Montgomery), resized to `size`.
+def split_lungs(union, source="mask"):
+    """Splits a both-lungs mask into (left lung, right lung), or returns None when unreliable.
 
-    job: (key, image path, (first, second) lung mask paths, size); which mask is the patient's
-      left lung is decided by position (order_lungs), whatever the folders are called.
-    Returns:
-      (key, result or None, message): result holds `image` (PNG bytes), `lungs` ((size, size, 2)
-      uint8 0/255 in (left lung, right lung) order) and `notes`.
+    Reliable: exactly two 8-connected components of at least 5% of the mask's area each, and any
+    further specks together under 1% of it (each joined to the component whose centroid column is
+    nearer). "Left" is the patient's left: the component further right in the image.
     """
-    key, image_path, mask_paths, size = job
+    union = np.asarray(union, bool)
+    total = int(union.sum())
+    if not total:
+        raise ImageError(f"{source}: the both-lungs mask is empty")
+    n, labels, stats, centroids = cv2.connectedComponentsWithStats(union.astype(np.uint8),
+                                                                   connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    order = np.argsort(areas)[::-1] + 1
+    big = [c for c in order if stats[c, cv2.CC_STAT_AREA] >= 0.05 * total]
+    rest = total - sum(int(stats[c, cv2.CC_STAT_AREA]) for c in big)
+    if len(big) != 2 or rest >= 0.01 * total:
+        return None
+    a, b = big
+    owner = {a: a, b: b}
+    for c in order:
+        if c not in owner:
+            x = centroids[c, 0]
+            owner[c] = a if abs(x - centroids[a, 0]) <= abs(x - centroids[b, 0]) else b
+    lookup = np.zeros(n, np.int32)
+    for c, o in owner.items():
+        lookup[c] = o
+    owners = lookup[labels]
+    first, second = owners == a, owners == b
+    left, right, _ = order_lungs(first, second, source)
+    return left, right
+
+
+def lungs_job(job):
+    """One radiograph with its lung outline (Montgomery, Shenzhen), resized to `size`.
+
+    job: (key, image path, (kind, masks), size): kind "sides" with (first, second) lung mask paths
+      (which is the patient's left is decided by position, order_lungs, whatever the folders are
+      called), or kind "union" with the path of one both-lungs mask (split by split_lungs where
+      reliable).
+    Returns:
+      (key, result or None, message): result holds `image` (PNG bytes), `union` ((size, size, 1)
+      uint8 0/255, both lungs), `lungs` ((size, size, 2) uint8 0/255 in (left lung, right lung)
+      order, zeros when the sides are unknown), `sides_known` (bool) and `notes`.
+    """
+    key, image_path, (kind, mask_paths), size = job
     try:
         image, note = _read_any(image_path)
         notes = [note] if note else []
-        first, second = _read_masks(mask_paths, image.shape, key)
-        left, right, swapped = order_lungs(first, second, f"{key} lung masks")
-        if swapped:
-            notes.append("lung masks named by image side (swapped)")
+        if kind == "sides":
+            first, second = _read_masks(mask_paths, image.shape, key)
+            left, right, swapped = order_lungs(first, second, f"{key} lung masks")
+            if swapped:
+                notes.append("lung masks named by image side (swapped)")
+            union = left | right
+        else:
+            (union,) = _read_masks([mask_paths], image.shape, key)
+            split = split_lungs(union, f"{key} both-lungs mask")
+            if split is None:
+                notes.append("both-lungs mask not split into sides (lungs touch or extra "
+                             "pieces): union only")
+                left = right = np.zeros_like(union)
+            else:
+                left, right = split
+                notes.append("both-lungs mask split into sides")
+        sides_known = bool(left.any() and right.any())
         return key, {"image": encode_png(resize_image(image, size)),
-                     "lungs": _to_255([left, right], size), "notes": notes}, ""
+                     "union": _to_255([union], size),
+                     "lungs": _to_255([left, right], size), "sides_known": sides_known,
+                     "notes": notes}, ""
     except ImageError as e:
         return key, None, str(e)
 

@@ -5,10 +5,13 @@ The segmenter's training data (Fang et al. 2021 train their U-Net on it). Reads 
   - JSRT images, found by name (`JPCLN001` ... `JPCLN154`, `JPCNN001` ... `JPCNN093`) anywhere
     under manual_dir (usually `All247images/`): the official raw `.IMG` files (headerless 2048 x
     2048 big-endian 16-bit words holding 12-bit values, inverted polarity: display = 4095 - value)
-    or PNG redistributions (already in display polarity; 8- or 16-bit).
+    or PNG redistributions (already in display polarity; 8- or 16-bit; named `JPCLN001.png` or
+    `JPCLN001.IMG.png`).
   - SCR masks in the official layout `.../fold1|fold2/masks/<structure>/<name>.gif` (usually
     under `scratch/`), structure folders `left lung`, `right lung`, `heart`, `left clavicle`,
-    `right clavicle` (spaces, or `_` / `-`, any case); PNG masks in the same layout are accepted.
+    `right clavicle` (spaces, or `_` / `-`, any case); PNG masks in the same layout are accepted,
+    and so are copies that nest the folders (`JSRT/masks/masks/left_lung/JPCLN001.gif`; other
+    folders beside them, such as `left_lung_png/`, are ignored).
     Masks outside a `fold1`/`fold2` folder are assigned by SCR's rule: odd-numbered images are
     fold 1, even-numbered fold 2.
 
@@ -114,13 +117,16 @@ def find_cases(manual_dir):
     for paths in _common.scan(manual_dir).values():
         for path in paths:
             stem, ext = os.path.splitext(os.path.basename(path))
+            if ext.lower() == ".png" and stem.lower().endswith(".img"):
+                stem = stem[:-4]  # PNG redistributions named JPCLN001.IMG.png
             m = NAME.match(stem)
             if not m:
                 continue
             name = stem.upper()
             parts = [p.lower() for p in _parts(path, manual_dir)]
             if "masks" in parts[:-1]:
-                i = parts.index("masks")
+                # The innermost `masks` folder (copies nest them: JSRT/masks/masks/heart/...).
+                i = len(parts) - 2 - parts[-2::-1].index("masks")
                 if ext.lower() not in MASK_EXTENSIONS or i + 2 != len(parts) - 1:
                     continue
                 role = MASK_FOLDERS.get(re.sub(r"[_\-]+", " ", parts[i + 1]).strip())
