@@ -3,14 +3,28 @@
 Multi-replica runs need their device layout (two logical CPU devices) or TF_CONFIG fixed before
 TensorFlow initialises, so they run in fresh processes (tests/training_child.py).
 
-Stated tolerances:
-  - Mirrored over 2 logical CPUs (synchronised batch norm) vs one device, same global batch 8,
-    12 steps of the tiny classifier: steps 1-4 within 1e-4 (measured <= 3e-6); every step within
-    0.02 and mean |difference| <= 0.005 (measured max 0.0067, mean 0.0018: Adam amplifies
-    float reduction-order differences as steps go on). Without synchronised batch norm the
-    first step already differs by 7e-3 (each replica normalises its own half batch).
-  - Two MultiWorkerMirroredStrategy workers: identical final weights, exactly (all 165 arrays,
-    trainable weights and batch-norm statistics).
+Tolerances against one device at the same global batch (synchronised batch norm, tiny
+classifier, Adam), and why:
+  - step 1: the weights are identical; only the order of float32 sums differs (the
+    synchronised batch-norm moments and the loss over the global batch are reduced across
+    replicas), so the losses agree to a few ulps: <= 1e-6 (about 25 ulps of a 0.7 loss).
+    Measured over seeds 0-4: <= 1.2e-7.
+  - step 2: one Adam update apart. The gradients differ at rounding level; Adam's first update
+    lr * g / (|g| + eps) passes a relative difference through unchanged except on weights whose
+    gradient is itself at rounding level (their update may flip sign, by up to 2 * lr, but such
+    weights barely move the loss): <= 1e-5. Measured: <= 7.7e-7.
+  - from step 3: differences grow by a factor of 10-100 per step (batch norm and Adam amplify
+    them; the same happens with plain SGD, measured), reaching 1e-3-1e-2 by step 5 whatever the
+    seed. Beyond step 2 only statistical agreement is checked: every step within 0.02 (3% of the
+    loss) and the mean over steps within 0.005. Measured over seeds 0-4, 12 steps: max 8.9e-3.
+    (The former bound of 1e-4 on steps 1-4 held for one seed by luck: seed 4 reaches 5.6e-4 at
+    step 4.)
+  Without synchronised batch norm the first step already differs by about 7e-3 (each replica
+  normalises its own half batch).
+  - Two MultiWorkerMirroredStrategy workers: identical final weights, exactly (all arrays,
+    trainable weights and batch-norm statistics); they read disjoint halves of exactly the
+    examples one device reads; and the chief's losses follow the one-device run within the
+    tolerances above.
 """
 
 import json
@@ -42,26 +56,45 @@ def child(args, env=None, timeout=600):
 
 # ------------------------------------------------------------------ multi-replica (subprocesses)
 
+def _losses(path):
+    with open(path) as f:
+        run = json.load(f)
+    return run, np.array([run["losses"][k] for k in sorted(run["losses"], key=int)])
+
+
+# Tolerances of the one-device comparisons, from what can differ (see the module docstring).
+STEP1_TOLERANCE = 1e-6   # same weights; float32 reduction order only (~25 ulps of a 0.7 loss)
+STEP2_TOLERANCE = 1e-5   # one update from rounding-level gradient differences
+LATER_TOLERANCE = 0.02   # from step 3: chaotic amplification; statistical agreement only
+LATER_MEAN_TOLERANCE = 0.005
+
+
+def assert_follows_one_device(single, other, label):
+    diffs = np.abs(single - other)
+    print(f"{label}: per-step |loss difference|:", np.array2string(diffs, precision=2))
+    assert len(single) == len(other)
+    assert diffs[0] <= STEP1_TOLERANCE, (label, diffs)
+    assert diffs[1] <= STEP2_TOLERANCE, (label, diffs)
+    assert np.all(diffs <= LATER_TOLERANCE) and diffs.mean() <= LATER_MEAN_TOLERANCE, (label,
+                                                                                       diffs)
+
+
 @pytest.mark.slow
 def test_mirrored_over_two_cpus_follows_the_single_device_trajectory(
         tiny_builder, tiny_segmenter_path, tmp_path):
+    seeds = (0, 1, 2)
     proc = child(["trajectory", str(tmp_path), data_root(tiny_builder), tiny_segmenter_path,
-                  "default", "mirrored"])
+                  "1", ",".join(map(str, seeds)), "default", "mirrored"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = {}
-    for run in ("default", "mirrored"):
-        with open(tmp_path / run / "trajectory.json") as f:
-            runs[run] = json.load(f)
-    assert runs["default"]["replicas"] == 1 and runs["mirrored"]["replicas"] == 2
-    # --jit_compile was asked for the mirrored run: refused with a warning, training went on.
-    assert runs["mirrored"]["jit_compile"] is False
+    for seed in seeds:
+        single_run, single = _losses(tmp_path / f"default_seed{seed}" / "trajectory.json")
+        mirrored_run, mirrored = _losses(tmp_path / f"mirrored_seed{seed}" / "trajectory.json")
+        assert single_run["replicas"] == 1 and mirrored_run["replicas"] == 2
+        # --jit_compile was asked for the mirrored run: refused with a warning, training went on.
+        assert mirrored_run["jit_compile"] is False
+        assert len(single) == 6
+        assert_follows_one_device(single, mirrored, f"mirrored, seed {seed}")
     assert "jit_compile ignored" in proc.stderr
-    single, mirrored = runs["default"]["losses"], runs["mirrored"]["losses"]
-    assert sorted(single, key=int) == sorted(mirrored, key=int) == [str(s) for s in range(1, 13)]
-    diffs = np.array([abs(single[k] - mirrored[k]) for k in sorted(single, key=int)])
-    print("per-step |loss difference|:", np.array2string(diffs, precision=2))
-    assert np.all(diffs[:4] <= 1e-4)
-    assert np.all(diffs <= 0.02) and diffs.mean() <= 0.005
 
 
 def test_validation_runs_distributed_over_two_cpus_and_traces_once(tmp_path):
@@ -88,8 +121,8 @@ def free_ports(n):
 
 
 @pytest.mark.slow
-def test_two_local_workers_end_with_identical_weights(tiny_builder, tiny_segmenter_path,
-                                                      tmp_path):
+def test_two_local_workers_share_the_batches_and_follow_one_device(tiny_builder,
+                                                                   tiny_segmenter_path, tmp_path):
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -124,6 +157,34 @@ def test_two_local_workers_end_with_identical_weights(tiny_builder, tiny_segment
     with open(work / "history.json") as f:
         assert [h["epoch"] for h in json.load(f)] == [1, 2]
     assert tf.train.latest_checkpoint(str(work / "checkpoints")).endswith("ckpt-12")
+
+    # The same global batch on one device: the two workers read disjoint halves of exactly the
+    # examples one device reads, and training follows the one-device trajectory within the
+    # tolerances argued for the mirrored comparison.
+    single_dir = tmp_path / "single"
+    proc = child(["trajectory", str(single_dir), data_root(tiny_builder), tiny_segmenter_path,
+                  "2", "0", "default"], env=dict(os.environ, CXR_TEST_RECORD_INPUTS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    inputs = []
+    for index in range(2):
+        with open(tmp_path / f"inputs_{index}.json") as f:
+            record = json.load(f)
+        assert (record["pipeline"], record["pipelines"]) == (index, 2)
+        inputs.append(record["sums"])
+    with open(single_dir / "inputs_default_seed0.json") as f:
+        one_device = json.load(f)["sums"]
+    assert len(inputs[0]) == len(inputs[1]) == len(one_device) // 2 > 0
+    assert not set(inputs[0]) & set(inputs[1])
+    assert sorted(inputs[0] + inputs[1]) == sorted(one_device)
+    chief = np.array([v for _, v in sorted(read_scalars(work / "tensorboard").items())])
+    _, single = _losses(single_dir / "default_seed0" / "trajectory.json")
+    assert_follows_one_device(single, chief, "two workers")
+
+
+def read_scalars(event_dir, tag="train/loss"):
+    sys.path.insert(0, os.path.dirname(CHILD))
+    import training_child
+    return training_child.read_scalars(str(event_dir), tag)
 
 
 # ------------------------------------------------------------------ strategies (in process)

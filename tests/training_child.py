@@ -3,13 +3,16 @@
 Device layout and TF_CONFIG must be fixed before TensorFlow initialises, so these runs happen in
 fresh interpreters:
 
-  python tests/training_child.py trajectory OUT DATA_ROOT SEGMENTER RUN...
-      With two logical CPU devices, trains the tiny classifier once per RUN ("default",
-      "mirrored", "mirrored_nosync") into OUT/RUN and writes OUT/RUN/trajectory.json
-      (per-step training losses read back from its TensorBoard logs).
+  python tests/training_child.py trajectory OUT DATA_ROOT SEGMENTER EPOCHS SEEDS RUN...
+      With two logical CPU devices, trains the tiny classifier for EPOCHS once per RUN
+      ("default", "mirrored", "mirrored_nosync") and seed (SEEDS: comma-separated) into
+      OUT/<RUN>_seed<SEED> and writes trajectory.json there (per-step training losses read
+      back from its TensorBoard logs).
   python tests/training_child.py worker OUT DATA_ROOT SEGMENTER
       One worker of a MultiWorkerMirroredStrategy cluster (TF_CONFIG set by the parent): trains
-      the tiny classifier into OUT/work and saves its final weights to OUT/weights_<index>.npz.
+      the tiny classifier (synchronised batch norm) into OUT/work, saves its final weights to
+      OUT/weights_<index>.npz and the pixel sums of its epoch-0 inputs to OUT/inputs_<index>.json.
+      (The trajectory mode records the same for one device when CXR_TEST_RECORD_INPUTS is set.)
   python tests/training_child.py validation OUT
       With two logical CPU devices, runs one model over one dataset (a last batch of 1, a share
       of 0 for one replica) with an InferenceRunner under the default and the mirrored
@@ -55,25 +58,56 @@ def read_scalars(event_dir, tag):
     return values
 
 
-def trajectory(out, data_root, segmenter, runs):
+def record_inputs(path):
+    """Makes train.epoch_input write, the first time an epoch-0 input pipeline is built, the
+    pixel sums of the examples that pipeline yields (one JSON list) to `path`."""
+    import tensorflow as tf
+    from cxr_tf.training import train
+    real = train.epoch_input
+
+    def recording(*args, **kwargs):
+        epoch_input = real(*args, **kwargs)
+        make = epoch_input.dataset_fn
+
+        def dataset_fn(epoch, start_step, ctx):
+            ds = make(epoch, start_step, ctx)
+            if epoch == 0 and start_step == 0 and not os.path.exists(path):
+                sums = [round(float(v), 3) for batch in ds
+                        for v in tf.reduce_sum(batch[0], axis=[1, 2, 3]).numpy()]
+                with open(path, "w") as f:
+                    json.dump({"pipeline": ctx.input_pipeline_id,
+                               "pipelines": ctx.num_input_pipelines, "sums": sums}, f)
+            return ds
+
+        epoch_input.dataset_fn = dataset_fn
+        return epoch_input
+
+    train.epoch_input = recording
+
+
+def trajectory(out, data_root, segmenter, runs, seeds=(0,), epochs=2):
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from cxr_tf.training import strategies, train
-    for run in runs:
-        config = _tiny_config()
-        config.classifier.sync_batch_norm = run == "mirrored"
-        config.classifier.jit_compile = run.startswith("mirrored")  # must warn and go on
-        strategy = strategies.make_strategy("default" if run == "default" else "mirrored")
-        work = os.path.join(out, run)
-        train.train_classifier(config, _builder(config, data_root), work,
-                               segmenter_path=segmenter, strategy=strategy, verbose=0)
-        losses = read_scalars(os.path.join(work, "tensorboard"), "train/loss")
-        with open(os.path.join(work, "experiment.json")) as f:
-            experiment = json.load(f)
-        with open(os.path.join(work, "trajectory.json"), "w") as f:
-            json.dump({"replicas": strategy.num_replicas_in_sync, "losses": losses,
-                       "jit_compile": experiment["jit_compile"]}, f)
+    for seed in seeds:
+        for run in runs:
+            config = _tiny_config(epochs)
+            config.seed = seed
+            config.classifier.sync_batch_norm = run == "mirrored"
+            config.classifier.jit_compile = run.startswith("mirrored")  # must warn and go on
+            strategy = strategies.make_strategy("default" if run == "default" else "mirrored")
+            work = os.path.join(out, f"{run}_seed{seed}")
+            if os.environ.get("CXR_TEST_RECORD_INPUTS"):
+                record_inputs(os.path.join(out, f"inputs_{run}_seed{seed}.json"))
+            train.train_classifier(config, _builder(config, data_root), work,
+                                   segmenter_path=segmenter, strategy=strategy, verbose=0)
+            losses = read_scalars(os.path.join(work, "tensorboard"), "train/loss")
+            with open(os.path.join(work, "experiment.json")) as f:
+                experiment = json.load(f)
+            with open(os.path.join(work, "trajectory.json"), "w") as f:
+                json.dump({"replicas": strategy.num_replicas_in_sync, "losses": losses,
+                           "jit_compile": experiment["jit_compile"]}, f)
 
 
 def validation(out):
@@ -123,8 +157,10 @@ def worker(out, data_root, segmenter):
         return history
 
     loop.Trainer.fit = fit_and_dump
+    record_inputs(os.path.join(out, f"inputs_{strategies.task_id(strategy)}.json"))
     config = _tiny_config()
     config.classifier.checkpoint_every_steps = 2
+    config.classifier.sync_batch_norm = True  # comparable with one device (see the test)
     train.train_classifier(config, _builder(config, data_root), os.path.join(out, "work"),
                            segmenter_path=segmenter, strategy=strategy, verbose=0)
 
@@ -152,7 +188,9 @@ if __name__ == "__main__":
     logging.getLogger("cxr_tf").setLevel(logging.INFO)
     mode = sys.argv[1]
     if mode == "trajectory":
-        trajectory(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
+        # trajectory OUT DATA_ROOT SEGMENTER EPOCHS SEEDS RUN...
+        trajectory(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[7:],
+                   [int(s) for s in sys.argv[6].split(",")], int(sys.argv[5]))
     elif mode == "validation":
         validation(sys.argv[2])
     elif mode == "worker":
