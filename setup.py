@@ -32,6 +32,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["cxr_tf", "cxr_tf.*", "pipelines", "pipelines.*"]),
+    # The shipped segmenter and its model card (cxr_tf/pretrained/).
+    package_data={"cxr_tf.pretrained": ["*.keras", "*.json", "*.md"]},
     install_requires=CORE,
     extras_require={
         "cpu": ["tensorflow-cpu>=2.21,<2.22; platform_machine=='x86_64'",

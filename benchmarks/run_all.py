@@ -8,7 +8,9 @@ interleaved (each repeat measures every system in turn; medians reported):
          the mask given as an input, against the PyTorch reference as the authors run it (their
          64-filter U-Net inline at 224) and with the mask as input. The inline segmenter's
          overhead is inline / mask-as-input - 1 within each framework. (--full adds cxr_tf with
-         a 224 px, 64-filter U-Net: the frameworks on the same architecture.)
+         a 224 px, 64-filter U-Net: a U-Net of the authors' size on both sides; not the same
+         network: ours up-samples with transposed convolutions, has 3 outputs and 73.7 GFLOPs,
+         theirs up-samples bilinearly, has 1 output and 61.1 GFLOPs.)
   serve  serving_latency.py: cxr_tf's SavedModel (PNG bytes in, probabilities out, segmenter
          included) vs the eager PyTorch reference with its full U-Net: latency at batch 1,
          images/s at batch 32.

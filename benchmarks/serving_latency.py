@@ -127,7 +127,8 @@ def main():
     parser.add_argument("--batches", type=int, default=1, help="batch-32 calls per repeat")
     parser.add_argument("--same_architecture", action="store_true",
                         help="also export cxr_tf with a 224 px, 64-filter U-Net (the authors' "
-                             "size) to compare the frameworks on the same architecture")
+                             "size; transposed-convolution up-sampling and 3 outputs where "
+                             "theirs is bilinear with 1 output: 73.7 vs 61.1 GFLOPs)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny models (densenet_tiny, 64 px), one call: checks the script")
     args = parser.parse_args()

@@ -144,6 +144,7 @@ class ClassifierConfig(TrainingOptions):
     weight_decay: float = 1e-4
     mask_threshold: float = 0.5
     min_mask_coverage: float = 0.05
+    mask_dilation: int = 0
     feature_activation: str = ""  # "" (paper) or "sigmoid" (authors' code)
     dropout: float = 0.0
     min_crop_fraction: float = 1.0

@@ -42,6 +42,29 @@ def best_model(run_dir):
     return os.path.join(run_dir, loop.BEST_MODEL)
 
 
+def segmenter_for_classifier(work_dir, explicit=None):
+    """The segmenter a classifier in `work_dir` weights its features with, and where it came
+    from: `explicit` when given, else WORK_DIR/segmenter/best.keras when trained there, else the
+    segmenter shipped with cxr_tf (cxr_tf.pretrained; trained on public JSRT + SCR fold 1,
+    Montgomery and Shenzhen films).
+
+    Returns:
+      (path, source) with source "given", "work_dir" or "pretrained".
+    """
+    if explicit:
+        return _require(explicit, "Segmenter"), "given"
+    trained = best_model(subdir(work_dir, SEGMENTER_DIR))
+    if os.path.exists(trained):
+        return trained, "work_dir"
+    from cxr_tf import pretrained
+    path = pretrained.segmenter_path()
+    log.info("No segmenter given (--segmenter) or trained in %s: using the one shipped with "
+             "cxr_tf, %s (112 px U-Net trained on public JSRT + SCR fold 1, Montgomery and "
+             "Shenzhen films; model card: cxr_tf/pretrained/MODEL_CARD.md)",
+             subdir(work_dir, SEGMENTER_DIR), path)
+    return path, "pretrained"
+
+
 def load_experiment(run_dir):
     """The ExperimentConfig a training run in `run_dir` used (from its experiment.json)."""
     path = os.path.join(run_dir, train.EXPERIMENT)
@@ -142,6 +165,19 @@ def evaluate(classifier_path, builder, config, out_dir, split="test", segmenter_
             summary.update(dataset=box_builder.info.full_name, split=box_split)
             report["localisation"] = summary
             loop.write_json_atomic(os.path.join(out_dir, "localisation_boxes.json"), records)
+            mask_segmenter = getattr(getattr(predictor, "model", None), "segmenter", None)
+            if mask_segmenter is None and segmenter_path:
+                mask_segmenter = load_model(_require(segmenter_path, "Segmenter"))
+            if mask_segmenter is not None:
+                keeps, keep_records = localization.evaluate_mask_keeps(
+                    predictor.input_size, predictor.resize_size, mask_segmenter,
+                    inference.examples_dataset(
+                        box_builder, box_split, batch_size=16, with_boxes=True))
+                report["mask_keeps"] = keeps
+                loop.write_json_atomic(os.path.join(out_dir, "mask_keeps_boxes.json"),
+                                       keep_records)
+                log.info("Share of box area inside the lung-and-heart mask:\n%s",
+                         report_lib.mask_keeps_table(keeps))
         elif max_overlays:
             written = localization.overlay_positive_findings(
                 predictor, inference.examples_dataset(builder, split, batch_size=16),
@@ -158,23 +194,62 @@ def evaluate(classifier_path, builder, config, out_dir, split="test", segmenter_
         segmenter = load_model(_require(segmenter_path, "Segmenter"))
         seg_builder = seg_builder or builder
         seg_split = seg_split or split
-        try:
+        features = seg_builder.info.features
+        if fk.MASKS in features or fk.LUNGS in features:
             seg_ds, structures = inference.segmentation_dataset(seg_builder, seg_split,
                                                                 segmenter.input_size)
-        except ValueError as e:
-            if seg_builder is not builder or classifier_path is None:
-                raise
-            log.warning("Segmenter not scored: %s", e)
-        else:
-            seg = report_lib.evaluate_segmenter(segmenter, seg_ds, structures)
+            seg = report_lib.evaluate_segmenter(segmenter, seg_ds, structures,
+                                                n_resamples=n_resamples, seed=config.seed)
             seg.update(model=os.path.abspath(segmenter_path),
                        dataset=seg_builder.info.full_name, split=seg_split)
             report["segmentation"] = seg
             log.info("Segmentation on %s %s (%d images, %d px, masks at 0.5):\n%s",
                      seg["dataset"], seg_split, seg["n_images"], seg["resolution"],
                      report_lib.segmentation_table(seg))
+        else:
+            report.update(_screen_segmenter(segmenter, segmenter_path, seg_builder, seg_split,
+                                            config, out_dir, max_overlays,
+                                            with_boxes=classifier_path is None))
     report_lib.write_report(report, out_dir)
     return report
+
+
+def _screen_segmenter(segmenter, segmenter_path, builder, split, config, out_dir, max_overlays,
+                      with_boxes):
+    """Report sections for a segmenter on a data set without masks (e.g. ChestX-ray14): mask
+    coverage as the configured classifier computes it, a contact sheet, and (`with_boxes`, on
+    the data set's box split) the share of boxes each grid rule keeps."""
+    from cxr_tf.data import features as fk
+    from cxr_tf.evaluation import inference, localization, screening
+    from cxr_tf.evaluation import report as report_lib
+
+    clf = config.classifier
+    geometry = dict(input_size=clf.input_size, resize_size=clf.resize_size)
+    summary, records = screening.screen_segmenter(
+        segmenter, builder, split, min_coverage=clf.min_mask_coverage,
+        threshold=clf.mask_threshold, dilation=clf.mask_dilation, **geometry)
+    summary["model"] = os.path.abspath(segmenter_path)
+    loop.write_json_atomic(os.path.join(out_dir, "segmenter_coverage.json"), records)
+    if max_overlays:
+        sheet = screening.contact_sheet(
+            segmenter, builder, split, screening.choose_for_sheet(records),
+            os.path.join(out_dir, "segmenter_contact_sheet.png"), threshold=clf.mask_threshold,
+            dilation=clf.mask_dilation, **geometry)
+        summary["contact_sheet"] = os.path.relpath(sheet, out_dir)
+    log.info("Segmenter mask coverage on %s %s:\n%s", builder.info.full_name, split,
+             screening.coverage_markdown(summary))
+    out = {"segmenter_screening": summary}
+    if with_boxes and fk.BOXES in builder.info.features:
+        box_split = "bbox" if "bbox" in builder.info.splits else split
+        keeps, keep_records = localization.evaluate_mask_keeps(
+            clf.input_size, clf.resize_size, segmenter,
+            inference.examples_dataset(builder, box_split, batch_size=16, with_boxes=True))
+        keeps.update(dataset=builder.info.full_name, split=box_split)
+        loop.write_json_atomic(os.path.join(out_dir, "mask_keeps_boxes.json"), keep_records)
+        log.info("Share of box area inside the lung-and-heart mask:\n%s",
+                 report_lib.mask_keeps_table(keeps))
+        out["mask_keeps"] = keeps
+    return out
 
 
 def thresholds_from_report(report_path):

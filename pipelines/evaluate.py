@@ -81,6 +81,9 @@ def main(argv):
         segmenter = default if os.path.exists(default) else None
     elif segmenter == "none":
         segmenter = None
+    elif segmenter == "pretrained":
+        from cxr_tf import pretrained
+        segmenter = pretrained.segmenter_path()
     if model is None and segmenter is None:
         raise app.UsageError("Nothing to evaluate: --model=none and no segmenter")
     config = _config_for(model)

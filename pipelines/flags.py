@@ -167,7 +167,9 @@ def define_evaluate():
                       "(images PNG-encoded first: the full serving path, decoding included).")
     flags.DEFINE_string("segmenter_model", None, "Segmenter .keras file to score with Dice and IoU "
                         "per structure (default WORK_DIR/segmenter/best.keras when it exists; "
-                        "'none' skips).")
+                        "'pretrained' scores the one shipped with cxr_tf; 'none' skips). On a "
+                        "data set without masks (chestxray14) it is screened instead: mask "
+                        "coverage per film, a contact sheet, and the share of boxes kept.")
     flags.DEFINE_string("split", "test", "Split to evaluate. Thresholds always come from the "
                         "'validation' split.")
     flags.DEFINE_string("out_dir", None, "Report directory (default WORK_DIR/eval).")

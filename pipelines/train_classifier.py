@@ -24,6 +24,7 @@ def main(argv):
     del argv
     cxr_flags.setup_logging()
     from cxr_tf import configs, workflow
+    from cxr_tf.models import classifier as classifier_lib
     from cxr_tf.training import strategies, train
     f = flags.FLAGS
     config = cxr_flags.experiment_config()
@@ -31,8 +32,9 @@ def main(argv):
     configs.check_training_options(config.classifier, "classifier")  # before building any data
     strategy = strategies.make_strategy(f.strategy, tpu_address=f.tpu)
     builder = workflow.build_data(config, cxr_flags.data_dir(), manual_dir=f.manual_dir)
-    segmenter = f.segmenter or workflow.best_model(
-        workflow.subdir(f.work_dir, workflow.SEGMENTER_DIR))
+    segmenter = None
+    if classifier_lib.VARIANTS[config.classifier.variant][2]:
+        segmenter, _ = workflow.segmenter_for_classifier(f.work_dir, f.segmenter)
     out_dir = workflow.classifier_dir(f.work_dir, config.classifier.variant)
     path = train.train_classifier(config, builder, out_dir, segmenter_path=segmenter,
                                   strategy=strategy, backbone_weights=f.backbone_weights,

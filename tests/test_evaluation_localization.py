@@ -168,3 +168,56 @@ def test_grid_mask_is_recovered_from_cams_and_coverage():
     np.testing.assert_array_equal(loc.grid_mask_from_cams(cams, 9 / 16), mask)
     np.testing.assert_array_equal(loc.grid_mask_from_cams(cams, 1.0), np.ones((4, 4)))
     assert loc.grid_mask_from_cams(cams, 3 / 16) is None  # no group of 13 identical cells
+
+
+# ------------------------------------------------------------ what the mask keeps of the boxes
+
+def test_grid_mask_rules_match_the_feature_weighting_layer():
+    from cxr_tf.models import FeatureWeighting
+    rng = np.random.default_rng(0)
+    union = rng.random((2, 28, 28, 1)).astype(np.float32) ** 2
+    features = np.ones((2, 7, 7, 4), np.float32)
+    for threshold, dilation in [(0.5, 0), (0.25, 0), (0.5, 1), (0.4, 2)]:
+        layer = FeatureWeighting(threshold, min_coverage=0.0, dilation=dilation)
+        _, grid, _ = layer([features, np.repeat(union, 3, axis=-1)])
+        for b in range(2):
+            np.testing.assert_array_equal(
+                np.asarray(grid)[b, ..., 0].astype(bool),
+                loc.grid_mask_by_rule(union[b, ..., 0], 7, threshold, dilation))
+
+
+def test_box_share_inside_hand_computed():
+    mask = np.zeros((8, 8), bool)
+    mask[:, :4] = True  # left half
+    assert loc.box_share_inside([0, 0, 4, 8], mask) == 1.0
+    assert loc.box_share_inside([2, 0, 4, 4], mask) == 0.5
+    assert loc.box_share_inside([3.5, 0, 1, 1], mask) == 0.5  # fractional pixels
+    assert loc.box_share_inside([6, 6, 4, 4], mask) == 0.0
+    assert loc.box_share_inside([-4, 0, 8, 8], mask) == 0.5  # half outside the frame
+    assert np.isnan(loc.box_share_inside([0, 0, 0, 3], mask))
+
+
+def test_mask_keeps_per_rule_on_hand_made_masks_and_boxes():
+    # Model input 64 px, grid 2 x 2 (32 px cells); segmenter union at 16 px (8 px per cell):
+    # the left 3 columns (37.5% of the left cells) and nothing else.
+    union = np.zeros((16, 16), np.float32)
+    union[:, :3] = 1.0
+    geometry = loc.CropGeometry(128, 128, 64, 64)  # stored 128 px, no crop
+    boxes = np.array([[0, 0, 24, 128],      # inside the pixel mask (24 px stored = 12 input)
+                      [64, 0, 64, 64],      # right half: outside everything
+                      [-1, -1, -1, -1]])    # padding
+    box_labels = np.array([labels.finding_index("Effusion"),
+                           labels.finding_index("Cardiomegaly"), -1])
+    rules = {"paper": (0.5, 0), "cut_0.25": (0.25, 0), "dilate_1": (0.25, 1)}
+    summary, records = loc.mask_keeps([union], [boxes], [box_labels], [geometry], grid=2,
+                                               rules=rules, image_ids=["a.png"])
+    assert len(records) == 2 and records[0]["image_id"] == "a.png"
+    effusion, cardio = records
+    assert effusion["pixel"] == 1.0
+    assert effusion["paper"] == 0.0      # pooled 0.375 < 0.5: the whole column is dropped
+    assert effusion["cut_0.25"] == 1.0   # 0.375 >= 0.25: kept
+    assert cardio["pixel"] == cardio["paper"] == cardio["cut_0.25"] == 0.0
+    assert cardio["dilate_1"] == 1.0     # grown by one cell: the whole 2 x 2 grid
+    by_name = {c["name"]: c for c in summary["classes"]}
+    assert by_name["Effusion"]["n_boxes"] == 1 and by_name["Effusion"]["cut_0.25"] == 1.0
+    assert summary["overall"]["n_boxes"] == 2 and summary["overall"]["pixel"] == 0.5

@@ -374,3 +374,154 @@ def overlay_positive_findings(predictor, batches, overlay_dir, threshold=DEFAULT
                     path=overlay_path(overlay_dir, len(written), record))
                 written.append(record)
     return written
+
+
+# ---- What the lung-and-heart mask keeps of the radiologists' boxes ---------------------------
+
+# Grid-mask rules reported side by side: name -> (threshold, dilation in cells). "paper" is the
+# rule of Fang et al. (average-pool to the grid, keep cells >= 0.5); the others keep more of
+# the border (see layers.FeatureWeighting).
+MASK_RULES = {"paper": (0.5, 0), "cut_0.25": (0.25, 0), "dilate_1": (0.5, 1)}
+
+
+def grid_mask_by_rule(union, grid, threshold=0.5, dilation=0):
+    """The classifier's grid mask from a union probability map, in NumPy.
+
+    Mirrors layers.FeatureWeighting.grid_mask: `union` (S, S) pooled by averaging to
+    (grid, grid) (S a multiple of grid), kept where >= threshold, then grown `dilation` times by
+    a 3 x 3 neighbourhood.
+
+    Returns:
+      (grid, grid) bool.
+    """
+    union = np.asarray(union, np.float32)
+    side = union.shape[0]
+    if union.shape != (side, side) or side % grid:
+        raise ValueError(f"union must be square with a side that is a multiple of the grid "
+                         f"({grid}); got {union.shape}")
+    f = side // grid
+    pooled = union.reshape(grid, f, grid, f).mean(axis=(1, 3))
+    mask = (pooled >= threshold).astype(np.uint8)
+    if dilation:
+        mask = cv2.dilate(mask, np.ones((3, 3), np.uint8), iterations=int(dilation))
+    return mask.astype(bool)
+
+
+def box_share_inside(box, mask):
+    """Share of a box's area inside a mask, in the mask's pixel frame.
+
+    Args:
+      box: [x, y, w, h] in pixels of `mask` (may reach outside it: the part outside counts as
+        not kept, like a part of a true box cut off by the centre crop).
+      mask: (S, S) bool.
+
+    Returns:
+      float in [0, 1]; NaN for an empty box.
+    """
+    x, y, w, h = (float(v) for v in box)
+    if w <= 0 or h <= 0:
+        return float("nan")
+    side_y, side_x = mask.shape
+    # Pixel-area weights of the box over the pixel grid (fractional borders included).
+    wx = np.clip(np.minimum(np.arange(1, side_x + 1), x + w) - np.maximum(np.arange(side_x), x),
+                 0, 1)
+    wy = np.clip(np.minimum(np.arange(1, side_y + 1), y + h) - np.maximum(np.arange(side_y), y),
+                 0, 1)
+    return float((wy[:, None] * wx[None, :] * mask).sum() / (w * h))
+
+
+def mask_keeps(union_maps, boxes, box_labels, geometries, grid, rules=None, image_ids=None):
+    """Share of every ground-truth box kept by the segmenter's pixel mask and by each grid rule.
+
+    Args:
+      union_maps: per image, the segmenter's union probability map (S, S) over the model input
+        (S the segmenter's side, a multiple of `grid`).
+      boxes, box_labels: per image, (N, 4) boxes [x, y, w, h] in stored-image pixels and (N,)
+        finding indices (negative = padding).
+      geometries: per image, its CropGeometry (stored image -> model input).
+      grid: the classifier's feature grid side (input_size / 32).
+      rules: {name: (threshold, dilation)} (default MASK_RULES).
+      image_ids: optional names for the records.
+
+    Returns:
+      (summary, records): summary {"rules": {name: [threshold, dilation]}, "classes": [{"name",
+      "n_boxes", "pixel", <rule>: mean share...}], "overall": {...}}, records one dict per box.
+    """
+    rules = dict(MASK_RULES if rules is None else rules)
+    records = []
+    for i, (union, bxs, lbls, geo) in enumerate(zip(union_maps, boxes, box_labels, geometries)):
+        union = np.asarray(union, np.float32)
+        size = geo.input_size
+        pixel = cv2.resize(union, (size, size), interpolation=cv2.INTER_LINEAR) >= 0.5
+        cell = size // grid
+        grids = {name: np.kron(grid_mask_by_rule(union, grid, t, d),
+                               np.ones((cell, cell), bool))
+                 for name, (t, d) in rules.items()}
+        for box, label in zip(np.asarray(bxs).reshape(-1, 4), np.asarray(lbls).reshape(-1)):
+            if int(label) < 0:
+                continue
+            in_input = geo.to_input(box)
+            record = {"image_id": image_ids[i] if image_ids is not None else str(i),
+                      "class": labels_lib.FINDINGS[int(label)], "class_index": int(label),
+                      "pixel": box_share_inside(in_input, pixel)}
+            record.update({name: box_share_inside(in_input, g) for name, g in grids.items()})
+            records.append(record)
+
+    def means(rows):
+        out = {"n_boxes": len(rows)}
+        for key in ["pixel", *rules]:
+            values = [r[key] for r in rows if not np.isnan(r[key])]
+            out[key] = float(np.mean(values)) if values else None
+        return out
+
+    classes = [{"name": name, **means([r for r in records if r["class_index"] == c])}
+               for c, name in enumerate(labels_lib.FINDINGS)]
+    return ({"rules": {k: list(v) for k, v in rules.items()}, "classes": classes,
+             "overall": means(records)}, records)
+
+
+def union_maps_of(segmenter, model_inputs):
+    """The segmenter's union probability map (max over structures) of model-input images, at the
+    segmenter's own side, resized exactly as inside the classifier (layers.Resize)."""
+    from cxr_tf.models.layers import Resize
+    x = np.asarray(model_inputs, np.float32)
+    if x.shape[1] != segmenter.input_size:
+        x = np.asarray(Resize(segmenter.input_size)(x))
+    return np.asarray(segmenter(x, training=False)).max(axis=-1)
+
+
+def model_inputs(images, input_size, resize_size):
+    """Stored images (B, H, W, 1) in [0, 1] -> the classifier's inputs, resized and centre-cropped
+    as everywhere else (cxr_tf.data.preprocessing.resize_and_crop)."""
+    import tensorflow as tf
+
+    from cxr_tf.data import preprocessing
+    return preprocessing.resize_and_crop(tf.convert_to_tensor(images, tf.float32), input_size,
+                                         resize_size).numpy()
+
+
+def evaluate_mask_keeps(input_size, resize_size, segmenter, box_batches, rules=None):
+    """mask_keeps over a data set with boxes: the classifier's inputs (`input_size` after a
+    resize to `resize_size`), the segmenter's union map at its own side, the classifier's grid
+    (input_size / 32).
+
+    Args:
+      input_size, resize_size: the classifier's geometry (e.g. a Predictor's).
+      segmenter: the UNetSegmenter whose mask the classifier applies.
+      box_batches: `inference.examples_dataset(..., with_boxes=True)` batches.
+      rules: grid rules (default MASK_RULES).
+    """
+    unions, boxes, labels, geometries, ids = [], [], [], [], []
+    for batch in box_batches:
+        images = np.asarray(batch["image"], np.float32)
+        unions.extend(union_maps_of(segmenter, model_inputs(images, input_size, resize_size)))
+        boxes.extend(np.asarray(batch["boxes"]))
+        labels.extend(np.asarray(batch["box_labels"]))
+        geometries.extend([CropGeometry(images.shape[1], images.shape[2], input_size,
+                                        resize_size)] * len(images))
+        ids.extend(s.decode() if isinstance(s, bytes) else str(s)
+                   for s in np.asarray(batch["image_id"]).tolist())
+    summary, records = mask_keeps(unions, boxes, labels, geometries, input_size // 32, rules,
+                                  ids)
+    summary["segmenter_input_size"] = int(segmenter.input_size)
+    return summary, records

@@ -385,6 +385,37 @@ def localisation_markdown(loc):
     return "\n".join(out)
 
 
+def mask_keeps_table(keeps):
+    """Plain-text table: per finding with boxes, the mean share of box area each mask keeps."""
+    rules = list(keeps["rules"])
+    lines = [f"{'finding':<20}{'boxes':>6}{'pixel':>8}" + "".join(f"{r:>10}" for r in rules)]
+    for c in keeps["classes"] + [{"name": "all", **keeps["overall"]}]:
+        if not c["n_boxes"]:
+            continue
+        lines.append(f"{c['name']:<20}{c['n_boxes']:>6}{_fmt(c['pixel'], 3):>8}"
+                     + "".join(f"{_fmt(c[r], 3):>10}" for r in rules))
+    return "\n".join(lines)
+
+
+def mask_keeps_markdown(keeps):
+    """What the lung-and-heart mask keeps of the ground-truth boxes, per grid rule."""
+    rules = keeps["rules"]
+    head = ("| Finding | boxes | pixel mask | "
+            + " | ".join(f"grid `{r}` (>= {t:g}, dilation {d})" for r, (t, d) in rules.items())
+            + " |")
+    out = [head, "|---|---:|---:|" + "---:|" * len(rules)]
+    for c in keeps["classes"] + [{"name": "**All**", **keeps["overall"]}]:
+        if not c["n_boxes"]:
+            continue
+        out.append(f"| {c['name']} | {c['n_boxes']} | {_fmt(c['pixel'], 3)} | "
+                   + " | ".join(_fmt(c[r], 3) for r in rules) + " |")
+    out += ["", "Mean share of each box's area (in the model-input frame; parts cut off by the "
+                "centre crop count as lost) inside the segmenter's union mask at 0.5 (`pixel "
+                "mask`) and inside the binarised grid mask that multiplies the features under "
+                "each rule (`paper`: Fang et al.'s average-pool, keep cells >= 0.5)."]
+    return "\n".join(out)
+
+
 def segmentation_markdown(seg):
     """Dice and IoU per structure."""
     out = ["| Structure | Dice | 95% CI | IoU | images |", "|---|---:|---|---:|---:|"]
@@ -433,10 +464,20 @@ def markdown(report):
         if loc.get("overlays"):
             out += ["", "Overlays (image, CAM, feature mask, true box green, CAM box red):", ""]
             out += [f"![overlay]({p})" for p in loc["overlays"][:6]]
+    keeps = report.get("mask_keeps")
+    if keeps:
+        out += ["", "## What the lung-and-heart mask keeps of the boxes", "",
+                mask_keeps_markdown(keeps)]
     cams = report.get("cam_overlays")
     if cams and cams.get("overlays"):
         out += ["", "## CAM overlays", "", f"{cams['note']}. Box rule: {cams['box_rule']}.", ""]
         out += [f"![{o['class']}]({o['path']})" for o in cams["overlays"][:6]]
+    screen = report.get("segmenter_screening")
+    if screen:
+        from cxr_tf.evaluation import screening
+        out += ["", "## Segmenter mask coverage", "", screening.coverage_markdown(screen)]
+        if screen.get("contact_sheet"):
+            out += ["", f"![contact sheet]({screen['contact_sheet']})"]
     seg = report.get("segmentation")
     if seg:
         out += ["", f"## Segmentation ({seg['n_images']} images, {seg['resolution']} px)", "",

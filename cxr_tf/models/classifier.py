@@ -53,6 +53,8 @@ class CXRClassifier(keras.Model):
       segmenter: a trained UNetSegmenter; required with feature_weighting.
       mask_threshold: binarisation threshold of the pooled mask.
       min_mask_coverage: below this share of kept cells, an image is not weighted at all.
+      mask_dilation: grow the binarised grid mask by this many cells (0 in the paper; see
+        layers.FeatureWeighting).
       feature_activation: None (paper) or "sigmoid" (the authors' code squashes features before
         masking).
       backbone_weights: optional local weights file for the backbone (random init when None).
@@ -62,7 +64,8 @@ class CXRClassifier(keras.Model):
 
     def __init__(self, backbone="densenet121", input_size=224, attention=True,
                  feature_weighting=True, segmenter=None, mask_threshold=0.5,
-                 min_mask_coverage=0.05, feature_activation=None, backbone_weights=None,
+                 min_mask_coverage=0.05, mask_dilation=0, feature_activation=None,
+                 backbone_weights=None,
                  dropout=0.0, label_names=labels_lib.FINDINGS, name="cxr_classifier", **kwargs):
         input_size = int(input_size)
         label_names = tuple(label_names)
@@ -98,7 +101,7 @@ class CXRClassifier(keras.Model):
             if seg_size != input_size:
                 seg_in = Resize(seg_size, name="segmenter_resize")(inputs)
             structure_probs = segmenter(seg_in)
-            features, _, _ = FeatureWeighting(mask_threshold, min_mask_coverage,
+            features, _, _ = FeatureWeighting(mask_threshold, min_mask_coverage, mask_dilation,
                                               name="feature_weighting")([features, structure_probs])
         if dropout:
             features = keras.layers.Dropout(dropout, name="dropout")(features)
@@ -114,6 +117,7 @@ class CXRClassifier(keras.Model):
         self.segmenter = segmenter
         self.mask_threshold = float(mask_threshold)
         self.min_mask_coverage = float(min_mask_coverage)
+        self.mask_dilation = int(mask_dilation)
         self.feature_activation = feature_activation
         self.dropout = float(dropout)
         self.label_names = label_names
@@ -151,7 +155,7 @@ class CXRClassifier(keras.Model):
             "name": self.name, "trainable": self.trainable, "backbone": self.backbone_name,
             "input_size": self.input_size, "attention": self.attention,
             "feature_weighting": self.feature_weighting, "mask_threshold": self.mask_threshold,
-            "min_mask_coverage": self.min_mask_coverage,
+            "min_mask_coverage": self.min_mask_coverage, "mask_dilation": self.mask_dilation,
             "feature_activation": self.feature_activation, "dropout": self.dropout,
             "label_names": list(self.label_names),
             "segmenter": (keras.saving.serialize_keras_object(self.segmenter)

@@ -394,6 +394,7 @@ def build_classifier_from_config(config, segmenter=None, backbone_weights=None):
         clf.variant, backbone=clf.backbone or None, input_size=clf.input_size,
         segmenter=segmenter if classifier_lib.VARIANTS[clf.variant][2] else None,
         mask_threshold=clf.mask_threshold, min_mask_coverage=clf.min_mask_coverage,
+        mask_dilation=clf.mask_dilation,
         feature_activation=clf.feature_activation or None, dropout=clf.dropout,
         backbone_weights=backbone_weights)
 
