@@ -11,28 +11,80 @@ fields with flags. Presets:
 import dataclasses
 
 
-@dataclasses.dataclass
-class DataConfig:
-    """Which data set and how it was built.
+def field(default, help, choices=None):
+    """A config field with the help text its command-line flag shows (pipelines/flags.py makes
+    one flag per field, named like the field) and, for a closed set of values, the choices."""
+    return dataclasses.field(default=default,
+                             metadata={"help": help, "choices": tuple(choices or ())})
+
+
+# ---- Names listed once ------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A named classifier: CXR-IRNet, its two ablations (Fang et al. 2021, Table 2) or a
+    baseline.
 
     Attributes:
-      dataset: TFDS builder name ("synthetic_cxr", or a real data set builder).
-      image_size: stored image side (synthetic_cxr generates at this size).
-      num_train, num_validation, num_test, seed, shortcut: synthetic_cxr parameters.
-      cache: cache decoded examples in memory (small data sets only).
+      name: the name used on the command line and in reports.
+      backbone: the backbone the variant is defined with (ClassifierConfig.backbone overrides).
+      attention: the multi-scale attention module in front of the backbone.
+      feature_weighting: backbone features weighted by the lung-and-heart mask (needs a
+        segmenter).
+      description: what it is, for tables.
+      paper_name: the row of the paper's Table 2 (None: not published).
     """
-    dataset: str = "synthetic_cxr"
-    image_size: int = 128
-    num_train: int = 2000
-    num_validation: int = 300
-    num_test: int = 500
-    seed: int = 0
-    shortcut: bool = False
-    cache: bool = True
+    name: str
+    backbone: str
+    attention: bool
+    feature_weighting: bool
+    description: str
+    paper_name: str = None
 
 
+VARIANTS = {v.name: v for v in (
+    Variant("cxr_irnet", "densenet121", True, True,
+            "CXR-IRNet (attention + feature weighting)", "CXR-IRNet"),
+    Variant("no_weighting", "densenet121", True, False,
+            "without feature weighting (F_l)", "CXR-IRNet without F_l"),
+    Variant("no_attention", "densenet121", False, True, "without multi-scale attention"),
+    Variant("chexnet", "densenet121", False, False, "CheXNet (neither)", "CheXNet"),
+    Variant("dcnn", "resnet50", False, False, "DCNN (ResNet-50)", "DCNN (ResNet-50)"),
+)}
+# Backbones cxr_tf builds (cxr_tf.models.backbones): keras.applications' DenseNet121 and ResNet50,
+# and two small DenseNets for tests and the demo.
+BACKBONES = ("densenet121", "resnet50", "densenet_small", "densenet_tiny")
+# tf.distribute strategies by name (cxr_tf.training.strategies.make_strategy).
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
 CLASS_WEIGHTINGS = ("none", "positive")
+
+
+def variant(name):
+    """The Variant called `name`; ValueError listing the names otherwise."""
+    if name not in VARIANTS:
+        raise ValueError(f"Unknown classifier variant {name!r}; expected one of "
+                         f"{', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+# ---- Configuration sections -------------------------------------------------------------------
+
+@dataclasses.dataclass
+class DataConfig:
+    """Which data set and how it is built (synthetic_cxr's generation parameters included)."""
+    dataset: str = field("synthetic_cxr", "TFDS data set: synthetic_cxr (generated phantoms), "
+                         "chestxray14, jsrt_scr, montgomery or shenzhen (built from "
+                         "--manual_dir; see docs/real_data.md).")
+    image_size: int = field(128, "Stored image side in pixels: synthetic_cxr generates at this "
+                            "size; the real data sets are resized to it when built.")
+    num_train: int = field(2000, "synthetic_cxr: number of training phantoms.")
+    num_validation: int = field(300, "synthetic_cxr: number of validation phantoms.")
+    num_test: int = field(500, "synthetic_cxr: number of test phantoms.")
+    seed: int = field(0, "Seed of data generation, shuffling, augmentation and initialisation.")
+    shortcut: bool = field(False, "synthetic_cxr: label-correlated tags outside the lungs and "
+                           "heart in train/validation, random in test.")
+    cache: bool = field(True, "Cache decoded examples in memory (small data sets only).")
 
 
 @dataclasses.dataclass
@@ -40,77 +92,70 @@ class TrainingOptions:
     """How a model is trained, shared by SegmenterConfig and ClassifierConfig.
 
     Defaults reproduce the paper (constant learning rate, float32, no step checkpoints).
-
-    Attributes:
-      lr_schedule: "constant" (paper), "plateau" (multiply the learning rate by
-        `lr_plateau_factor` after `lr_plateau_patience` epochs without a new best validation
-        score, down to `min_learning_rate`) or "cosine" (keras.optimizers.schedules.CosineDecay
-        from `learning_rate` to `min_learning_rate` over all training steps).
-      lr_plateau_factor: factor of the "plateau" schedule, in (0, 1).
-      lr_plateau_patience: epochs without improvement before the "plateau" schedule decays.
-      min_learning_rate: floor of "plateau", end value of "cosine".
-      mixed_precision: compute in float16 with dynamic loss scaling on GPUs, bfloat16 on CPUs
-        and TPUs; variables, outputs and losses stay float32, and best.keras is saved float32.
-      jit_compile: compile the train step with XLA where the strategy allows it (not with
-        several replicas on CPU devices: a warning is logged and XLA stays off).
-      checkpoint_every_steps: also checkpoint every N training steps (0: epoch ends only).
-      sync_batch_norm: with several replicas, batch-norm statistics over the global batch
-        instead of each replica's share (training then follows single-device training).
-      deterministic: deterministic ops (tf.config.experimental.enable_op_determinism): a run
-        interrupted and resumed ends with the same weights as an uninterrupted one. Slower.
-      handle_preemption: TensorFlow's PreemptionCheckpointHandler: on SIGTERM (or a Google
-        Cloud maintenance notice) all workers checkpoint at the same step and exit for a restart.
-        On creation TensorFlow probes the Google Cloud metadata server once (one HTTP request,
-        at most 5 s; about 4 ms where the name does not resolve) to tell whether it runs there;
-        turn this off where no outbound request may be attempted (SIGTERM then just stops).
     """
-    lr_schedule: str = "constant"
-    lr_plateau_factor: float = 0.1
-    lr_plateau_patience: int = 2
-    min_learning_rate: float = 0.0
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    checkpoint_every_steps: int = 0
-    sync_batch_norm: bool = False
-    deterministic: bool = False
-    handle_preemption: bool = True
+    lr_schedule: str = field(
+        "constant", "Learning-rate schedule: 'constant' (paper), 'plateau' (times "
+        "lr_plateau_factor after lr_plateau_patience epochs without a better validation score, "
+        "down to min_learning_rate) or 'cosine' (keras CosineDecay from learning_rate to "
+        "min_learning_rate over all training steps).", LR_SCHEDULES)
+    lr_plateau_factor: float = field(0.1, "'plateau' schedule: factor in (0, 1) applied to the "
+                                     "learning rate on a plateau.")
+    lr_plateau_patience: int = field(2, "'plateau' schedule: epochs without a new best "
+                                     "validation score before the learning rate drops.")
+    min_learning_rate: float = field(0.0, "Floor of 'plateau', final value of 'cosine'.")
+    mixed_precision: bool = field(False, "Mixed precision: float16 with dynamic loss scaling on "
+                                  "GPUs, bfloat16 on CPUs and TPUs. Variables, outputs and "
+                                  "losses stay float32; best.keras is saved in float32.")
+    jit_compile: bool = field(False, "Compile the train step with XLA. Ignored with a warning "
+                              "where the strategy cannot (several replicas on CPU devices).")
+    checkpoint_every_steps: int = field(0, "Also checkpoint every N training steps (0 = only at "
+                                        "epoch ends). An interrupted run restarted with the "
+                                        "same command resumes from the latest checkpoint, "
+                                        "mid-epoch included.")
+    sync_batch_norm: bool = field(False, "With several replicas, batch-norm statistics over the "
+                                  "global batch instead of each replica's share (training then "
+                                  "follows single-device training).")
+    deterministic: bool = field(False, "Deterministic ops "
+                                "(tf.config.experimental.enable_op_determinism): a resumed run "
+                                "ends with the same weights as an uninterrupted one. Slower.")
+    handle_preemption: bool = field(True, "Checkpoint and exit (status 42) on SIGTERM or a "
+                                    "Google Cloud maintenance notice, with TensorFlow's "
+                                    "PreemptionCheckpointHandler. Creating it makes one HTTP "
+                                    "probe of the Google Cloud metadata server (at most 5 s); "
+                                    "turn it off where no outbound request may be attempted.")
 
 
 @dataclasses.dataclass
 class SegmenterConfig(TrainingOptions):
-    """U-Net and its training (TrainingOptions hold the shared training fields).
-
-    Attributes:
-      input_size, base_filters, depth: the U-Net (cxr_tf.models.UNetSegmenter).
-      datasets: the data sets to train on, "name[:repeats],..." (e.g.
-        "jsrt_scr:3,montgomery,shenzhen": JSRT's films three times per epoch); "" trains on
-        `DataConfig.dataset`. Each image is supervised only on what its data set labels
-        (lungs-only sets never touch the heart channel; see
-        cxr_tf.models.losses.partial_dice_loss).
-      bce_weight: weight of a pixel-wise cross-entropy term added to the soft Dice loss.
-      min_crop_fraction: random-crop augmentation (1 disables).
-      brightness ... overlays: augmentation imitating other hospitals' films
-        (cxr_tf.data.pipeline.Augmentation; 0 disables each).
-    """
-    input_size: int = 256
-    base_filters: int = 16
-    depth: int = 4
-    epochs: int = 30
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    datasets: str = ""
-    bce_weight: float = 0.0
-    min_crop_fraction: float = 0.85
-    brightness: float = 0.0
-    contrast: float = 0.0
-    gamma: float = 0.0
-    noise: float = 0.0
-    blur: float = 0.0
-    scale: float = 0.0
-    rotation: float = 0.0
-    shift: float = 0.0
-    borders: float = 0.0
-    overlays: float = 0.0
+    """The lung-and-heart U-Net and its training (plus the shared TrainingOptions)."""
+    input_size: int = field(256, "Segmenter input side in pixels (a multiple of 2**depth and of "
+                            "the classifier's feature grid).")
+    base_filters: int = field(16, "U-Net filters at the first level (doubled at each level).")
+    depth: int = field(4, "U-Net down-sampling steps.")
+    epochs: int = field(30, "Training epochs.")
+    batch_size: int = field(16, "Global batch size, over all replicas and workers.")
+    learning_rate: float = field(1e-3, "Adam learning rate (the start of lr_schedule).")
+    datasets: str = field("", "Data sets to train on, 'name[:repeats],...' (e.g. "
+                          "'jsrt_scr:3,montgomery,shenzhen': JSRT's films three times per "
+                          "epoch); '' trains on --dataset. Each film is supervised only on what "
+                          "its data set labels: lungs-only sets never touch the heart.")
+    bce_weight: float = field(0.0, "Weight of a pixel-wise cross-entropy term added to the "
+                              "soft Dice loss (0: Dice only, as in the paper).")
+    min_crop_fraction: float = field(0.85, "Random square crop of at least this fraction of the "
+                                     "side, resized back (1 = off).")
+    brightness: float = field(0.0, "Augmentation: max exposure shift (0 = off).")
+    contrast: float = field(0.0, "Augmentation: max relative contrast change (0 = off).")
+    gamma: float = field(0.0, "Augmentation: max |log gamma| of a tone curve (0 = off).")
+    noise: float = field(0.0, "Augmentation: max standard deviation of Gaussian noise "
+                         "(0 = off).")
+    blur: float = field(0.0, "Augmentation: max Gaussian blur sigma in input pixels (0 = off).")
+    scale: float = field(0.0, "Augmentation: max relative zoom of image and masks (0 = off).")
+    rotation: float = field(0.0, "Augmentation: max rotation in degrees (0 = off).")
+    shift: float = field(0.0, "Augmentation: max shift as a fraction of the side (0 = off).")
+    borders: float = field(0.0, "Augmentation: probability of collimation bands along the "
+                           "edges (0 = off).")
+    overlays: float = field(0.0, "Augmentation: probability of burnt-in lines and text blocks "
+                            "(0 = off).")
 
     def augmentation_fields(self):
         """The fields that make its cxr_tf.data.pipeline.Augmentation, as a dict."""
@@ -121,36 +166,36 @@ class SegmenterConfig(TrainingOptions):
 
 @dataclasses.dataclass
 class ClassifierConfig(TrainingOptions):
-    """Classifier variant, input geometry and training.
-
-    Attributes:
-      variant: cxr_irnet, no_weighting, no_attention, chexnet or dcnn.
-      backbone: overrides the variant's backbone ("" keeps it).
-      input_size: model input side (the crop).
-      resize_size: images are resized to this side, then centre-cropped to input_size.
-      weight_decay: decoupled weight decay of Adam (Keras' Adam `weight_decay`).
-      min_crop_fraction, brightness, contrast: training augmentation (off in the paper).
-      class_weighting: "none" (plain binary cross-entropy, paper) or "positive" (each class's
-        positive examples weighted by N_negative / N_positive of that class in the train split).
-      Plus the shared TrainingOptions fields (schedule, precision, checkpoints).
-    """
-    variant: str = "cxr_irnet"
-    backbone: str = ""
-    input_size: int = 224
-    resize_size: int = 256
-    epochs: int = 50
-    batch_size: int = 512
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    mask_threshold: float = 0.5
-    min_mask_coverage: float = 0.05
-    mask_dilation: int = 0
-    feature_activation: str = ""  # "" (paper) or "sigmoid" (authors' code)
-    dropout: float = 0.0
-    min_crop_fraction: float = 1.0
-    brightness: float = 0.0
-    contrast: float = 0.0
-    class_weighting: str = "none"
+    """The classifier variant, its input geometry and its training (plus TrainingOptions)."""
+    variant: str = field("cxr_irnet", "Model: " + "; ".join(
+        f"{v.name}: {v.description}" for v in VARIANTS.values()) + ".", tuple(VARIANTS))
+    backbone: str = field("", "Backbone override (" + ", ".join(BACKBONES) + "); '' keeps the "
+                          "variant's.")
+    input_size: int = field(224, "Classifier input side (a multiple of 32).")
+    resize_size: int = field(256, "Images are resized to this side, then centre-cropped to "
+                             "input_size.")
+    epochs: int = field(50, "Training epochs.")
+    batch_size: int = field(512, "Global batch size, over all replicas and workers (each "
+                            "replica gets batch_size / replicas); must divide by the replicas.")
+    learning_rate: float = field(1e-3, "Adam learning rate (the start of lr_schedule).")
+    weight_decay: float = field(1e-4, "Decoupled weight decay of Adam.")
+    mask_threshold: float = field(0.5, "Feature weighting: a grid cell is kept when its pooled "
+                                  "lung-and-heart mask is >= this (0.5 in the paper).")
+    min_mask_coverage: float = field(0.05, "Feature weighting: an image whose kept share of "
+                                     "cells is below this is not weighted at all.")
+    mask_dilation: int = field(0, "Feature weighting: grow the kept cells by this many cells "
+                               "(0 in the paper).")
+    feature_activation: str = field("", "'' (paper) or 'sigmoid' (the authors' code squashes "
+                                    "the features before masking).", ("", "sigmoid"))
+    dropout: float = field(0.0, "Dropout before the head (0 in the paper).")
+    min_crop_fraction: float = field(1.0, "Random square crop of at least this fraction of the "
+                                     "side (1 = off, as in the paper).")
+    brightness: float = field(0.0, "Augmentation: max brightness shift (0 = off).")
+    contrast: float = field(0.0, "Augmentation: max relative contrast change (0 = off).")
+    class_weighting: str = field("none", "Class imbalance: 'none' (plain binary cross-entropy, "
+                                 "paper) or 'positive' (positive examples of each class "
+                                 "weighted by N_negative / N_positive on the train split).",
+                                 CLASS_WEIGHTINGS)
 
 
 @dataclasses.dataclass
@@ -159,6 +204,9 @@ class ExperimentConfig:
     segmenter: SegmenterConfig = dataclasses.field(default_factory=SegmenterConfig)
     classifier: ClassifierConfig = dataclasses.field(default_factory=ClassifierConfig)
     seed: int = 0
+
+
+SECTIONS = {"data": DataConfig, "segmenter": SegmenterConfig, "classifier": ClassifierConfig}
 
 
 def paper():

@@ -85,6 +85,19 @@ def build_data(config, data_dir, manual_dir=None):
     return builder
 
 
+def build_segmentation_data(config, data_dir, manual_dir=None):
+    """Builds (or reuses) every data set `config.segmenter.datasets` names (default
+    `config.data.dataset`), each stored at `config.data.image_size`; returns {name: builder}
+    in that order, for train.train_segmenter."""
+    import dataclasses
+    builders = {}
+    for name, _ in configs_lib.segmenter_sources(config.segmenter, config.data.dataset):
+        data = dataclasses.replace(config.data, dataset=name)
+        builders[name] = build_data(dataclasses.replace(config, data=data), data_dir,
+                                    manual_dir)
+    return builders
+
+
 def _require(path, what):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} not found at {path}")

@@ -62,9 +62,6 @@ def main(argv):
     if config.data.dataset != datasets.SYNTHETIC and "shortcut" in f.data_variants:
         raise app.UsageError("The shortcut variant exists for synthetic_cxr only; pass "
                              "--data_variants=clean for a real data set")
-    for key in ("epochs", "batch_size", "learning_rate"):
-        if f[key].value is not None:
-            setattr(config.classifier, key, f[key].value)
     overrides = {}
     if f.dcnn_input_size:
         if f.dcnn_input_size % 32:

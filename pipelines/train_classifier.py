@@ -16,7 +16,6 @@ from pipelines import flags as cxr_flags
 cxr_flags.define_common()
 cxr_flags.define_training()
 cxr_flags.define_classifier()
-cxr_flags.define_classifier_training()
 flags.adopt_module_key_flags(cxr_flags)
 
 
@@ -24,16 +23,14 @@ def main(argv):
     del argv
     cxr_flags.setup_logging()
     from cxr_tf import configs, workflow
-    from cxr_tf.models import classifier as classifier_lib
     from cxr_tf.training import strategies, train
     f = flags.FLAGS
     config = cxr_flags.experiment_config()
-    cxr_flags.apply_training_overrides(config.classifier)
     configs.check_training_options(config.classifier, "classifier")  # before building any data
     strategy = strategies.make_strategy(f.strategy, tpu_address=f.tpu)
     builder = workflow.build_data(config, cxr_flags.data_dir(), manual_dir=f.manual_dir)
     segmenter = None
-    if classifier_lib.VARIANTS[config.classifier.variant][2]:
+    if configs.variant(config.classifier.variant).feature_weighting:
         segmenter, _ = workflow.segmenter_for_classifier(f.work_dir, f.segmenter)
     out_dir = workflow.classifier_dir(f.work_dir, config.classifier.variant)
     path = train.train_classifier(config, builder, out_dir, segmenter_path=segmenter,

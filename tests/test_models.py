@@ -46,7 +46,8 @@ def test_segmenter_outputs_and_round_trip(segmenter, tmp_path):
 def test_every_variant_builds_predicts_and_round_trips(variant, segmenter, images, tmp_path):
     backbone = "resnet50" if variant == "dcnn" else "densenet_tiny"
     model = build_classifier(variant, backbone=backbone, input_size=SIZE, segmenter=segmenter)
-    _, attention, weighting = classifier_lib.VARIANTS[variant]
+    spec = classifier_lib.VARIANTS[variant]
+    attention, weighting = spec.attention, spec.feature_weighting
     names = [layer.name for layer in model.layers]
     assert ("attention" in names) == attention
     assert ("feature_weighting" in names) == weighting

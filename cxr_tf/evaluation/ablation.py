@@ -36,17 +36,8 @@ from cxr_tf.training.loop import write_json_atomic
 
 log = logging.getLogger("cxr_tf")
 
-VARIANTS = ("cxr_irnet", "no_weighting", "no_attention", "chexnet", "dcnn")
-DESCRIPTIONS = {
-    "cxr_irnet": "CXR-IRNet (attention + feature weighting)",
-    "no_weighting": "without feature weighting (F_l)",
-    "no_attention": "without multi-scale attention",
-    "chexnet": "CheXNet (neither)",
-    "dcnn": "DCNN (ResNet-50)",
-}
-# The published row of Fang et al. (2021) Table 2 matching each variant (None: not published).
-PAPER_NAMES = {"cxr_irnet": "CXR-IRNet", "no_weighting": "CXR-IRNet without F_l",
-               "no_attention": None, "chexnet": "CheXNet", "dcnn": "DCNN (ResNet-50)"}
+# The variants in table order (named records in cxr_tf.configs: description, paper row).
+VARIANTS = tuple(configs_lib.VARIANTS)
 # (with, without): the two models of each pair differ only by feature weighting.
 WEIGHTING_PAIRS = (("cxr_irnet", "no_weighting"), ("no_attention", "chexnet"))
 SUMMARY_JSON = "ablation.json"
@@ -62,14 +53,12 @@ def variant_config(config, variant, overrides=None):
     own backbone is not a DenseNet (dcnn: ResNet-50) get it back. `overrides` maps a variant to
     ClassifierConfig fields, e.g. {"dcnn": {"input_size": 64, "resize_size": 64}}.
     """
-    from cxr_tf.models import classifier as classifier_lib
-
-    if variant not in classifier_lib.VARIANTS:
-        raise ValueError(f"Unknown variant {variant!r}; expected one of "
-                         f"{', '.join(classifier_lib.VARIANTS)}")
+    if variant not in configs_lib.VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    spec = configs_lib.VARIANTS[variant]
     cfg = copy.deepcopy(config)
     cfg.classifier.variant = variant
-    if not classifier_lib.VARIANTS[variant][0].startswith("densenet"):
+    if not spec.backbone.startswith("densenet"):
         cfg.classifier.backbone = ""
     for key, value in (overrides or {}).get(variant, {}).items():
         if not hasattr(cfg.classifier, key):
@@ -115,7 +104,6 @@ def run_ablation(config, data_dir, work_dir, variants=VARIANTS, overrides=None,
     """
     from cxr_tf import workflow
     from cxr_tf.evaluation import inference
-    from cxr_tf.models import classifier as classifier_lib
     from cxr_tf.training import train
 
     variants = tuple(variants)
@@ -127,7 +115,7 @@ def run_ablation(config, data_dir, work_dir, variants=VARIANTS, overrides=None,
     os.makedirs(work_dir, exist_ok=True)
     t_start = time.time()
     builder = workflow.build_data(config, data_dir, manual_dir=manual_dir)
-    needs_segmenter = any(classifier_lib.VARIANTS[v][2] for v in variants)
+    needs_segmenter = any(configs_lib.VARIANTS[v].feature_weighting for v in variants)
     segmenter_seconds = 0.0
     if needs_segmenter and segmenter_path is None:
         t0 = time.time()
@@ -141,12 +129,13 @@ def run_ablation(config, data_dir, work_dir, variants=VARIANTS, overrides=None,
         cfg = variant_config(config, variant, overrides)
         run_dir = os.path.join(work_dir, f"classifier_{variant}")
         log.info("Ablation: %s (%s backbone, %d px)", variant,
-                 cfg.classifier.backbone or classifier_lib.VARIANTS[variant][0],
+                 cfg.classifier.backbone or configs_lib.VARIANTS[variant].backbone,
                  cfg.classifier.input_size)
         t0 = time.time()
         best = train.train_classifier(
             cfg, builder, run_dir,
-            segmenter_path=segmenter_path if classifier_lib.VARIANTS[variant][2] else None,
+            segmenter_path=(segmenter_path if configs_lib.VARIANTS[variant].feature_weighting
+                            else None),
             verbose=verbose)
         wall_train = time.time() - t0
         eval_dir = os.path.join(work_dir, f"eval_{variant}")
@@ -159,7 +148,7 @@ def run_ablation(config, data_dir, work_dir, variants=VARIANTS, overrides=None,
         predictor = inference.load_predictor(best, resize_size=cfg.classifier.resize_size)
         clf = rep["classification"]
         rows.append({
-            "variant": variant, "description": DESCRIPTIONS[variant],
+            "variant": variant, "description": configs_lib.VARIANTS[variant].description,
             "backbone": predictor.model.backbone_name, "input_size": cfg.classifier.input_size,
             "attention": predictor.model.attention,
             "feature_weighting": predictor.model.feature_weighting,
@@ -171,8 +160,9 @@ def run_ablation(config, data_dir, work_dir, variants=VARIANTS, overrides=None,
             "test_auroc": {c["name"]: c["auroc"] for c in clf["classes"]},
             "mean_brier": clf["calibration"]["mean_brier"],
             "mean_mask_coverage": clf["mask_coverage"]["mean"],
-            "paper_name": PAPER_NAMES[variant],
-            "paper_mean_auroc": report_lib.PAPER_MEAN_AUROC.get(PAPER_NAMES[variant] or ""),
+            "paper_name": configs_lib.VARIANTS[variant].paper_name,
+            "paper_mean_auroc": report_lib.PAPER_MEAN_AUROC.get(
+                configs_lib.VARIANTS[variant].paper_name or ""),
             "model": best, "report": os.path.join(eval_dir, "report.md"),
         })
 

@@ -8,6 +8,8 @@ import os
 
 import keras
 
+from cxr_tf import configs
+
 # Small DenseNets for tests and the demo. keras.applications does not expose its generic DenseNet
 # builder, so these are built here with the same block structure as DenseNet121
 # (blocks (6, 12, 24, 16), growth rate 32, 64 stem filters).
@@ -16,7 +18,8 @@ SMALL_DENSENETS = {
     "densenet_tiny": ((2, 2, 2, 2), 12, 24),
     "densenet_small": ((3, 6, 12, 8), 16, 32),
 }
-BACKBONES = ("densenet121", "resnet50") + tuple(SMALL_DENSENETS)
+BACKBONES = configs.BACKBONES
+assert set(BACKBONES) == {"densenet121", "resnet50", *SMALL_DENSENETS}, "configs.BACKBONES"
 # How each backbone expects its input normalised (see layers.GreyToBackboneInput).
 NORMALISATION = {"densenet121": "torch", "resnet50": "caffe",
                  **{name: "torch" for name in SMALL_DENSENETS}}

@@ -3,21 +3,16 @@
 import keras
 from keras import ops
 
+from cxr_tf import configs
 from cxr_tf import labels as labels_lib
 from cxr_tf.models import backbones
 from cxr_tf.models.layers import (PACKAGE, FeatureWeighting, GreyToBackboneInput,
                                   MultiScaleAttention, Resize)
 from cxr_tf.models.unet import UNetSegmenter
 
-# The paper's model, its two ablations (Table 2) and its two baselines, by name.
-VARIANTS = {
-    # name: (backbone, attention, feature_weighting)
-    "cxr_irnet": ("densenet121", True, True),
-    "no_weighting": ("densenet121", True, False),
-    "no_attention": ("densenet121", False, True),
-    "chexnet": ("densenet121", False, False),
-    "dcnn": ("resnet50", False, False),
-}
+# The paper's model, its two ablations (Table 2) and its two baselines, by name (named records
+# defined once, in cxr_tf.configs).
+VARIANTS = configs.VARIANTS
 
 # Names of the tensors `explain_model` exposes (and the export signature returns).
 PROBABILITIES = "probabilities"
@@ -175,13 +170,10 @@ def build_classifier(variant="cxr_irnet", *, backbone=None, input_size=224, segm
       segmenter: trained UNetSegmenter, needed by variants with feature weighting.
       **kwargs: passed on to CXRClassifier.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown classifier variant {variant!r}; expected one of "
-                         f"{', '.join(VARIANTS)}")
-    default_backbone, attention, weighting = VARIANTS[variant]
-    return CXRClassifier(backbone=backbone or default_backbone, input_size=input_size,
-                         attention=attention, feature_weighting=weighting, segmenter=segmenter,
-                         name=variant, **kwargs)
+    spec = configs.variant(variant)
+    return CXRClassifier(backbone=backbone or spec.backbone, input_size=input_size,
+                         attention=spec.attention, feature_weighting=spec.feature_weighting,
+                         segmenter=segmenter, name=variant, **kwargs)
 
 
 def load_model(path):

@@ -20,9 +20,11 @@ import os
 
 import tensorflow as tf
 
+from cxr_tf import configs
+
 log = logging.getLogger("cxr_tf")
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+STRATEGIES = configs.STRATEGIES
 
 
 def make_strategy(name="default", tpu_address=""):

@@ -392,7 +392,7 @@ def build_classifier_from_config(config, segmenter=None, backbone_weights=None):
     clf = config.classifier
     return classifier_lib.build_classifier(
         clf.variant, backbone=clf.backbone or None, input_size=clf.input_size,
-        segmenter=segmenter if classifier_lib.VARIANTS[clf.variant][2] else None,
+        segmenter=segmenter if configs_lib.variant(clf.variant).feature_weighting else None,
         mask_threshold=clf.mask_threshold, min_mask_coverage=clf.min_mask_coverage,
         mask_dilation=clf.mask_dilation,
         feature_activation=clf.feature_activation or None, dropout=clf.dropout,
@@ -445,7 +445,7 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
     strategy = strategy or tf.distribute.get_strategy()
     clf = config.classifier
     policy = _setup(clf, strategy, "classifier")
-    needs_segmenter = classifier_lib.VARIANTS[clf.variant][2]
+    needs_segmenter = configs_lib.variant(clf.variant).feature_weighting
     if needs_segmenter and not segmenter_path:
         raise ValueError(f"Variant {clf.variant!r} weights features by the lung-and-heart mask and "
                          f"needs a trained segmenter; pass its .keras path")
