@@ -7,10 +7,14 @@ Temporary names start with `.tmp-`, which the project's readers ignore.
 """
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
+
+log = logging.getLogger("cxr_tf")
 
 TMP_PREFIX = ".tmp-"
 
@@ -72,3 +76,46 @@ def remove_stale_temporaries(directory):
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
             removed.append(name)
     return removed
+
+
+def current_umask():
+    """The process umask (read without changing it for longer than a call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path):
+    """Gives a tree written through temporary files (tempfile creates them 0700 / 0600) the modes
+    a plain `mkdir` / `open` would have given them: 0777 and 0666 less the umask."""
+    mask = current_umask()
+    os.chmod(path, 0o777 & ~mask)
+    for root, dirs, names in os.walk(path):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for n in names:
+            os.chmod(os.path.join(root, n), 0o666 & ~mask)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, what="cxr_tf"):
+    """Holds an exclusive advisory lock (flock) on `path` for the block: processes that write
+    into the same place take turns instead of tripping over each other's files. A process that
+    has to wait logs which process holds the lock. The lock dies with its process, so a killed
+    writer never blocks the next one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            log.warning("%s: waiting for process %s, which is writing into %s", what, holder,
+                        os.path.dirname(os.path.abspath(path)))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -103,3 +103,61 @@ def make_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=16, preamble
         pydicom.dcmwrite(path, ds, enforce_file_format=False, implicit_vr=False,
                          little_endian=True)
     return path
+
+
+# Where the region segmenter puts each structure, as fractions (x0, y0, x1, y1) of the frame:
+# left lung on the image's right, heart between and below the lungs' centres; large enough to
+# fill every cell of a 64 px classifier's 2 x 2 grid.
+REGIONS = ((0.5, 0.05, 0.95, 0.95), (0.05, 0.05, 0.5, 0.95), (0.4, 0.5, 0.6, 0.9))
+
+
+def region_segmenter(size=64):
+    """A stand-in segmenter for export tests: each structure's probability is the image itself
+    inside that structure's fixed region (REGIONS) and 0 outside, so a bright image reads as a
+    frontal chest film and a black one as nothing."""
+    import keras
+
+    regions = np.zeros((size, size, 3), np.float32)
+    for k, (x0, y0, x1, y1) in enumerate(REGIONS):
+        regions[int(y0 * size):int(y1 * size), int(x0 * size):int(x1 * size), k] = 1.0
+
+    class RegionMasks(keras.layers.Layer):
+        def call(self, x):
+            return x * keras.ops.convert_to_tensor(regions)
+
+    inputs = keras.Input((size, size, 1), name="image")
+    stub = keras.Model(inputs, RegionMasks()(inputs), name="region_segmenter")
+    stub.structures = ("left_lung", "right_lung", "heart")
+    stub.input_size = size
+    return stub
+
+
+def region_export(tmp_path_factory, **export_kwargs):
+    """(in-memory model, export version dir) of an untrained tiny CXR-IRNet whose inline
+    segmenter is region_segmenter(), thresholds 0 (every finding positive when allowed)."""
+    key = ("region", tuple(sorted(export_kwargs.items())))
+    if key not in _EXPORTS:
+        import keras
+
+        from cxr_tf.models import build_classifier
+        from cxr_tf.serving import export as export_lib
+        keras.utils.set_random_seed(0)
+        model = build_classifier("cxr_irnet", backbone="densenet_tiny", input_size=64,
+                                 segmenter=region_segmenter())
+        base = str(tmp_path_factory.mktemp("export_regions"))
+        path = export_lib.export_classifier(model, base, thresholds=np.zeros(14),
+                                            **export_kwargs)
+        _EXPORTS[key] = (model, path)
+    return _EXPORTS[key]
+
+
+def png_header_only(height, width):
+    """A PNG signature and IHDR chunk claiming height x width grey pixels, then no image data:
+    what a header-based size check must refuse before any decoder runs."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
+    chunk += struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 16

@@ -22,7 +22,7 @@ from cxr_tf.data import features as fk
 from cxr_tf.serving import export as export_lib
 
 OUTPUTS = ("probabilities", "decisions", "mask_coverage", "low_mask_coverage",
-           "class_activation_maps")
+           "class_activation_maps", "grid_mask", "anatomy_ok", "anatomy_reason")
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +88,16 @@ def test_both_signatures_have_the_same_outputs(exported):
         images=tf.constant(image[None, ..., None] / np.float32(255)))
     assert sorted(by_bytes) == sorted(by_pixels) == sorted(OUTPUTS)
     for key in OUTPUTS:
+        if key == "anatomy_reason":
+            np.testing.assert_array_equal(by_bytes[key], by_pixels[key])
+            continue
         np.testing.assert_allclose(by_bytes[key], by_pixels[key], atol=1e-6, err_msg=key)
     assert by_bytes["probabilities"].shape == (1, 14)
     assert by_bytes["class_activation_maps"].shape == (1, 2, 2, 14)
     assert by_bytes["decisions"].dtype == tf.int32
     np.testing.assert_array_equal(by_bytes["decisions"],
-                                  (by_bytes["probabilities"].numpy() >= thresholds).astype(int))
+                                  (by_bytes["probabilities"].numpy() >= thresholds).astype(int)
+                                  * by_bytes["anatomy_ok"].numpy()[:, None])
 
 
 def _evaluation_path(model, stored, resize_size):
@@ -122,7 +126,8 @@ def _assert_parity(model, path, stored, encodings, resize_size):
         np.testing.assert_allclose(served[key].numpy(), expected[key], atol=1e-5, rtol=0,
                                    err_msg=key)
     np.testing.assert_array_equal(
-        served["decisions"], (expected["probabilities"] >= sf.THRESHOLDS).astype(int))
+        served["decisions"], (expected["probabilities"] >= sf.THRESHOLDS).astype(int)
+        * served["anatomy_ok"].numpy()[:, None])
 
 
 def test_parity_on_the_stored_images(exported, tiny_builder):
@@ -194,3 +199,88 @@ def test_export_refuses_bad_arguments(exported, tmp_path):
     with pytest.raises(TypeError, match="CXRClassifier"):
         export_lib.export_classifier(model.segmenter, str(tmp_path))
     assert not os.listdir(tmp_path)
+
+
+# ------------------------------------------------------------ hardening
+
+@pytest.fixture(scope="module")
+def region_exported(tmp_path_factory):
+    return sf.region_export(tmp_path_factory, max_image_pixels=5000)
+
+
+def test_anatomy_check_gates_the_decisions_in_the_saved_model(region_exported):
+    # A bright film reads as frontal (lungs side by side, heart between): every finding passes
+    # its threshold of 0. A black image: no positive finding and a reason, probabilities kept.
+    _, path = region_exported
+    loaded, meta = export_lib.load_exported(path)
+    assert meta["anatomy_check"] is True
+    bright = np.full((64, 64), 230, np.uint8)
+    black = np.zeros((64, 64), np.uint8)
+    out = loaded.signatures[export_lib.SERVING_DEFAULT](image_bytes=tf.constant(
+        [sf.encode(bright, "png"), sf.encode(black, "png")]))
+    assert out["anatomy_ok"].numpy().tolist() == [1, 0]
+    reasons = [r.decode() for r in out["anatomy_reason"].numpy()]
+    assert reasons[0] == "" and "covers 0.000 of the feature grid" in reasons[1]
+    assert out["decisions"].numpy()[0].sum() == 14 and out["decisions"].numpy()[1].sum() == 0
+    assert np.all(out["probabilities"].numpy()[1] > 0)
+    np.testing.assert_array_equal(out["grid_mask"].numpy()[0, ..., 0], [[1, 1], [1, 1]])
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(region_exported):
+    _, path = region_exported
+    loaded, meta = export_lib.load_exported(path)
+    assert meta["max_image_pixels"] == 5000
+    serve = loaded.signatures[export_lib.SERVING_DEFAULT]
+    ok = sf.encode(np.full((64, 64), 200, np.uint8), "png")  # 4,096 pixels
+    big = sf.encode(np.full((100, 60), 200, np.uint8), "jpeg")  # 6,000 pixels
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image_bytes\[1\] is 100 x 60 = 6000 pixels; this model accepts "
+                             r"at most 5,000 \(max_image_pixels"):
+        serve(image_bytes=tf.constant([ok, big]))
+    # Only the header is read: a 20000 x 20000 PNG header with no image data behind it.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"20000 x 20000 = 400000000"):
+        serve(image_bytes=tf.constant([sf.png_header_only(20000, 20000)]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"80 x 80 pixels each"):
+        loaded.signatures[export_lib.PREDICT_PIXELS](images=tf.zeros([1, 80, 80, 1]))
+    assert serve(image_bytes=tf.constant([ok]))["probabilities"].shape == (1, 14)
+
+
+def test_export_folders_are_readable_by_other_users(tmp_path, region_exported):
+    model, _ = region_exported
+    previous = os.umask(0o022)
+    try:
+        path = export_lib.export_classifier(model, str(tmp_path / "export"),
+                                            thresholds=np.zeros(14))
+    finally:
+        os.umask(previous)
+    modes = {os.path.relpath(os.path.join(root, name), path): os.stat(
+        os.path.join(root, name)).st_mode & 0o777
+        for root, dirs, names in os.walk(path) for name in dirs + names}
+    modes["."] = os.stat(path).st_mode & 0o777
+    dirs = {k for k in modes if os.path.isdir(os.path.join(path, k))}
+    assert {modes[k] for k in dirs} == {0o755}
+    assert {modes[k] for k in set(modes) - dirs} == {0o644}
+    assert "saved_model.pb" in modes and "assets.extra" in dirs
+
+
+def test_interrupted_exports_are_cleaned_and_exports_take_turns(tmp_path, region_exported):
+    import threading
+
+    from cxr_tf import files
+    model, _ = region_exported
+    base = tmp_path / "export"
+    stale = base / ".tmp-1-abcd1234"  # what a killed export (old or new naming) leaves
+    (stale / "variables").mkdir(parents=True)
+    (base / ".tmp-2-xyz").write_text("half")
+    results = []
+    with files.exclusive_lock(str(base / export_lib.EXPORT_LOCK)):
+        worker = threading.Thread(target=lambda: results.append(export_lib.export_classifier(
+            model, str(base), thresholds=np.zeros(14))))
+        worker.start()
+        worker.join(timeout=3)
+        assert worker.is_alive() and not results  # waits for the lock holder
+        (base / "1").mkdir()  # the holder finishes a version 1 meanwhile
+        (base / "1" / "saved_model.pb").write_bytes(b"")
+    worker.join(timeout=300)
+    assert results == [str(base / "2")]  # the version is chosen once the turn comes
+    assert sorted(os.listdir(base)) == [export_lib.EXPORT_LOCK, "1", "2"]

@@ -62,7 +62,7 @@ def test_predict_command_on_a_mixed_folder(export_path, image_folder, tmp_path):
                      "e_mono2.dcm"]
     assert [r["format"] for r in lines] == ["png", "jpeg", "png", "png", "dicom", "dicom"]
     for r in lines:
-        assert KEYS <= set(r) <= KEYS | {"warning", "overlay"}
+        assert KEYS <= set(r) <= KEYS | {"warning", "overlay", "anatomy_ok", "reason"}
         assert len(r["probabilities"]) == 14 and all(0 < p < 1 for p in
                                                      r["probabilities"].values())
         assert set(r["positive_findings"]) <= set(r["probabilities"])
@@ -175,3 +175,42 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert os.listdir(tmp_path) == []
     predict.atomic_write(str(target), lambda f: f.write(b"ok\n"))
     assert target.read_bytes() == b"ok\n" and os.listdir(tmp_path) == ["out.jsonl"]
+
+
+def test_non_chest_inputs_get_no_findings_and_a_reason(tmp_path_factory, tmp_path):
+    # Thresholds 0 (every finding passes) and a segmenter that sees a chest in any bright image:
+    # only the anatomy check can withhold the findings.
+    _, path = sf.region_export(tmp_path_factory)
+    predictor = predict.Predictor(path)
+    bright = sf.write(str(tmp_path / "bright.png"), sf.encode(np.full((64, 64), 230, np.uint8),
+                                                              "png"))
+    blank = sf.write(str(tmp_path / "blank.png"), sf.encode(np.zeros((64, 64), np.uint8), "png"))
+    tiny = sf.write(str(tmp_path / "one_pixel.png"), sf.encode(np.zeros((1, 1), np.uint8), "png"))
+    results = dict(predictor.predict_files([bright, blank, tiny]))
+    assert results[bright]["anatomy_ok"] and len(results[bright]["positive_findings"]) == 14
+    for path_ in (blank, tiny):
+        assert results[path_]["positive_findings"] == [] and not results[path_]["anatomy_ok"]
+        assert "not read as a frontal chest X-ray" in results[path_]["reason"]
+        assert "covers 0.000" in results[path_]["reason"]
+
+
+def test_a_cmyk_jpeg_is_predicted_not_called_corrupt(predictor, tmp_path):
+    from PIL import Image
+    grey = sf.radiograph(90, 70, seed=5)
+    path = str(tmp_path / "cmyk.jpg")
+    Image.fromarray(grey).convert("CMYK").save(path, "JPEG", quality=95)
+    rgb = str(tmp_path / "rgb.jpg")
+    Image.fromarray(grey).convert("RGB").save(rgb, "JPEG", quality=95)
+    cmyk_result, rgb_result = (predictor.predict_file(p) for p in (path, rgb))
+    assert cmyk_result["format"] == "jpeg"
+    for name, p in cmyk_result["probabilities"].items():
+        assert p == pytest.approx(rgb_result["probabilities"][name], abs=0.02)
+
+
+def test_dicom_over_the_pixel_limit_is_refused_before_decoding(tmp_path_factory, tmp_path):
+    _, path = sf.region_export(tmp_path_factory, max_image_pixels=5000)
+    predictor = predict.Predictor(path)
+    big = sf.make_dicom(str(tmp_path / "big.dcm"), np.zeros((100, 60), np.uint16) + 7)
+    with pytest.raises(ValueError, match=r"big.dcm: 100 x 60 = 6,000 pixels; the model accepts "
+                                         r"at most 5,000"):
+        predictor.predict_file(big)

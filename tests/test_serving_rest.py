@@ -24,8 +24,8 @@ import serving_fixtures as sf
 from cxr_tf import labels
 from cxr_tf.serving import rest
 
-OUTPUTS = ["class_activation_maps", "decisions", "low_mask_coverage", "mask_coverage",
-           "probabilities"]
+OUTPUTS = ["anatomy_ok", "anatomy_reason", "class_activation_maps", "decisions", "grid_mask",
+           "low_mask_coverage", "mask_coverage", "probabilities"]
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,9 @@ def test_columnar_format(loaded, images, request_body):
     assert sorted(outputs) == OUTPUTS
     expected = direct(loaded, images)
     for key in OUTPUTS:
+        if key == "anatomy_reason":  # strings come back as JSON strings
+            assert outputs[key] == [s.decode() for s in expected[key]]
+            continue
         np.testing.assert_allclose(np.array(outputs[key]), expected[key], rtol=1e-6, atol=1e-7)
 
 

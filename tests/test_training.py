@@ -139,3 +139,51 @@ def test_inference_runner_counts_one_trace_per_shape():
     assert runner.traces == 2
     np.testing.assert_allclose(runner(data(10, 8, 4))["outputs"],
                                model(np.concatenate([b[0] for b in data(10, 8, 4)])), atol=1e-6)
+
+
+def test_resume_refuses_changed_settings_and_records_more_epochs(tiny_builder,
+                                                                 tiny_segmenter_path, tmp_path):
+    # Issue: a rerun with --epochs=4 --learning_rate=0.5 --batch_size=4 trained epoch 4 at the
+    # checkpointed learning rate and then claimed lr 0.5 and batch 4 in experiment.json.
+    config = configs.tiny()
+    config.classifier.handle_preemption = False
+    run_dir = str(tmp_path / "clf")
+    train.train_classifier(config, tiny_builder, run_dir, segmenter_path=tiny_segmenter_path,
+                           verbose=0)
+    with open(os.path.join(run_dir, train.EXPERIMENT)) as f:
+        before = json.load(f)
+    changed = configs.tiny()
+    changed.classifier.handle_preemption = False
+    changed.classifier.epochs, changed.classifier.learning_rate = 2, 0.5
+    changed.classifier.batch_size = 4
+    with pytest.raises(train.ResumeMismatch) as err:
+        train.train_classifier(changed, tiny_builder, run_dir,
+                               segmenter_path=tiny_segmenter_path, verbose=0)
+    message = str(err.value)
+    assert "classifier.learning_rate: checkpointed 0.001, now 0.5" in message
+    assert "classifier.batch_size: checkpointed 8, now 4" in message
+    assert "classifier.epochs" not in message and "another work directory" in message
+    with open(os.path.join(run_dir, train.EXPERIMENT)) as f:
+        assert json.load(f) == before  # nothing claimed, nothing trained
+    with open(os.path.join(run_dir, loop.HISTORY)) as f:
+        assert len(json.load(f)) == 1
+    # More epochs alone is allowed, and recorded as a second segment.
+    more = configs.tiny()
+    more.classifier.epochs, more.classifier.handle_preemption = 2, False
+    train.train_classifier(more, tiny_builder, run_dir, segmenter_path=tiny_segmenter_path,
+                           verbose=0)
+    with open(os.path.join(run_dir, train.EXPERIMENT)) as f:
+        after = json.load(f)
+    assert [(s["from_epoch"], s["epochs"]) for s in after["segments"]] == [(0, 1), (1, 2)]
+    assert after["segments"][1]["changed"] == {"classifier.epochs": [1, 2]}
+    assert after["config"]["classifier"]["learning_rate"] == 0.001
+    with open(os.path.join(run_dir, loop.HISTORY)) as f:
+        history = json.load(f)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["learning_rate"] for h in history] == pytest.approx([0.001, 0.001])
+    # Another segmenter is another run.
+    import shutil
+    other = shutil.copy(tiny_segmenter_path, tmp_path / "other_segmenter.keras")
+    with pytest.raises(train.ResumeMismatch, match="segmenter: checkpointed"):
+        train.train_classifier(more, tiny_builder, run_dir, segmenter_path=str(other),
+                               verbose=0)

@@ -34,8 +34,42 @@ def decode_image_bytes(image_bytes, name="image"):
                                  dtype=tf.uint8)
         return tf.cast(img, tf.float32) / 255.0
 
-    image = tf.cond(is_png, png, other)
+    def cmyk_jpeg():
+        # libjpeg cannot convert 4-component (CMYK/YCCK) JPEGs to one channel, but decodes them
+        # to RGB in their native mode; grey then by ITU-R 601 luma, as for RGB files.
+        rgb = tf.cast(tf.io.decode_jpeg(image_bytes, channels=0), tf.float32)
+        return tf.image.rgb_to_grayscale(rgb[..., :3]) / 255.0
+
+    is_jpeg = tf.strings.substr(image_bytes, 0, 3) == b"\xff\xd8\xff"
+    four_components = tf.cond(is_jpeg,
+                              lambda: tf.io.extract_jpeg_shape(image_bytes)[2] == 4,
+                              lambda: tf.constant(False))
+    image = tf.case([(is_png, png), (four_components, cmyk_jpeg)], default=other,
+                    exclusive=True)
     return tf.ensure_shape(image, [None, None, 1])
+
+
+def encoded_image_shape(image_bytes):
+    """(height, width) of encoded PNG or JPEG bytes from the file header, without decoding.
+
+    PNG: the IHDR chunk (bytes 16-24, big-endian); JPEG: the frame header
+    (tf.io.extract_jpeg_shape). Other bytes: InvalidArgumentError when run.
+    """
+    is_png = tf.strings.substr(image_bytes, 0, 4) == b"\x89PNG"
+
+    def png():
+        # Padded, so a file cut before its IHDR reads 0 x 0 and is left to the decoder's error.
+        padded = tf.strings.join([image_bytes, b"\0" * 24])
+        b = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 16, 8), tf.uint8), tf.int64)
+        big_endian = tf.constant([2 ** 24, 2 ** 16, 2 ** 8, 1], tf.int64)
+        width = tf.reduce_sum(b[:4] * big_endian)
+        height = tf.reduce_sum(b[4:8] * big_endian)
+        return tf.stack([height, width])
+
+    def jpeg():
+        return tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64)
+
+    return tf.cond(is_png, png, jpeg)
 
 
 def to_float(image):

@@ -19,6 +19,7 @@ PROBABILITIES = "probabilities"
 CAMS = "class_activation_maps"
 MASK_COVERAGE = "mask_coverage"
 GRID_MASK = "grid_mask"
+STRUCTURE_PROBS = "structure_probs"
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -130,12 +131,16 @@ class CXRClassifier(keras.Model):
           cells is the logit);
         - mask_coverage (B,): share of feature cells inside the lung-and-heart mask (1 when the
           model has no feature weighting);
-        - grid_mask (B, h, w, 1): the mask applied to the features (ones without weighting).
+        - grid_mask (B, h, w, 1): the mask applied to the features (ones without weighting);
+        - structure_probs (B, S, S, 3): the inline segmenter's probabilities at its own side
+          (left lung, right lung, heart), only for models with feature weighting.
         """
         cams = self.get_layer("head").output
         outputs = {PROBABILITIES: self.get_layer(PROBABILITIES).output, CAMS: cams}
         if self.feature_weighting:
-            _, grid_mask, coverage = self.get_layer("feature_weighting").output
+            weighting = self.get_layer("feature_weighting")
+            _, grid_mask, coverage = weighting.output
+            outputs[STRUCTURE_PROBS] = weighting.input[1]
         else:
             grid_mask = keras.layers.Lambda(lambda t: ops.ones_like(t[..., :1]),
                                             name="no_mask")(cams)

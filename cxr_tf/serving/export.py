@@ -16,11 +16,21 @@ Signatures (names below are constants of this module):
 Outputs of both prediction signatures:
   - `probabilities` [batch, 14] float32, in the order of `label_names`;
   - `decisions` [batch, 14] int32, 1 where probability >= the class threshold (chosen on the
-    validation split at export time, see cxr_tf.evaluation.thresholds);
+    validation split at export time, see cxr_tf.evaluation.metrics.youden_thresholds) AND the
+    image passed the anatomy check (all 0 otherwise);
+  - `anatomy_ok` [batch] int32 and `anatomy_reason` [batch] string: whether the inline
+    segmenter found a frontal chest film (both lungs side by side, the heart between them,
+    enough coverage) and, if not, why (cxr_tf.serving.anatomy); models without a segmenter
+    report 1 and "";
   - `mask_coverage` [batch] float32, share of feature cells inside the lung-and-heart mask;
   - `low_mask_coverage` [batch] int32, 1 when coverage is below the model's minimum (the image
     was not weighted: probably not a frontal chest X-ray);
-  - `class_activation_maps` [batch, h, w, 14] float32, per-cell logits on the feature grid.
+  - `class_activation_maps` [batch, h, w, 14] float32, per-cell logits on the feature grid;
+  - `grid_mask` [batch, h, w, 1] float32, the lung-and-heart mask applied to the features.
+
+Images larger than `max_image_pixels` (height x width, read from the PNG/JPEG header before
+anything is decoded; default 40 million, stored in the metadata) are refused with
+InvalidArgument, so one request cannot make the server decode a 20000 x 20000 image.
 
 Bad input is refused with an InvalidArgument error (HTTP 400 in TF Serving) whose message names
 the problem: `image_bytes[i] is not a PNG or JPEG image ...` for bytes that do not start with a
@@ -32,17 +42,17 @@ pixels. See docs/serving.md for the TF Serving command line and REST examples.
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 import cxr_tf
+from cxr_tf import files
 from cxr_tf import labels as labels_lib
 from cxr_tf.data import preprocessing
 from cxr_tf.models import classifier as classifier_lib
+from cxr_tf.serving import anatomy
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_PIXELS = "predict_pixels"
@@ -53,7 +63,13 @@ DECISIONS = "decisions"
 LOW_MASK_COVERAGE = "low_mask_coverage"
 METADATA_INPUT = "ignored"
 METADATA_JSON = "metadata_json"
+ANATOMY_OK = "anatomy_ok"
+ANATOMY_REASON = "anatomy_reason"
 METADATA_FILE = os.path.join("assets.extra", "cxr_tf_metadata.json")
+EXPORT_LOCK = ".cxr_tf_export.lock"
+# Largest image accepted (height x width): a 6000 x 6000 film is 36 million pixels; decoded to
+# float32 one such image takes 144 MB, the limit 160 MB.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -112,6 +128,32 @@ def check_pixels(images, name=IMAGES):
         return tf.identity(images)
 
 
+def check_image_size(image_bytes, max_pixels, name=IMAGE_BYTES):
+    """In-graph check, from the file headers and before any decoding, that every encoded image of
+    a [batch] string tensor has at most `max_pixels` pixels; returns `image_bytes` with a
+    dependency on it.
+
+    Raises (when run):
+      tf.errors.InvalidArgumentError: "image_bytes[i] is H x W = N pixels; this model accepts at
+        most M (max_image_pixels in its metadata)" for the first image over the limit.
+    """
+    shapes = tf.map_fn(preprocessing.encoded_image_shape, image_bytes,
+                       fn_output_signature=tf.TensorSpec([2], tf.int64))
+    shapes = tf.reshape(shapes, [-1, 2])
+    pixels = shapes[:, 0] * shapes[:, 1]
+    too_big = pixels > max_pixels
+    first = tf.concat([tf.where(too_big)[:, 0], [0]], axis=0)[0]
+    shape = tf.gather(tf.concat([shapes, [[0, 0]]], axis=0), first)
+    message = tf.strings.format(
+        name + "[{}] is {} x {} = {} pixels; this model accepts at most " + f"{max_pixels:,}"
+        + " (max_image_pixels in its metadata). Downscale the image before sending it.",
+        [first, shape[0], shape[1], shape[0] * shape[1]])
+    check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(too_big)), [message],
+                                name="check_image_size")
+    with tf.control_dependencies([check]):
+        return tf.identity(image_bytes)
+
+
 def next_version(export_dir):
     """1 + the largest numeric version directory under export_dir (1 when there is none)."""
     if not os.path.isdir(export_dir):
@@ -120,7 +162,8 @@ def next_version(export_dir):
     return max(versions, default=0) + 1
 
 
-def export_classifier(model, export_dir, resize_size=None, thresholds=None, version=None):
+def export_classifier(model, export_dir, resize_size=None, thresholds=None, version=None,
+                      max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Writes `model` to `export_dir/<version>/` and returns that path.
 
     Args:
@@ -130,9 +173,13 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
         (the training/evaluation setting; default: no crop).
       thresholds: per-class decision thresholds (14 floats); default 0.5 for every class.
       version: positive integer; default is the next free version.
+      max_image_pixels: largest image (height x width) the signatures accept.
 
     The version directory is written under a temporary name and renamed when complete, so a
-    failed export never leaves a partial version that TF Serving would try to load.
+    failed export never leaves a partial version that TF Serving would try to load; its folders
+    and files get the usual modes (0755 and 0644 under umask 022), so a TF Serving process
+    running as another user can read them. Exports into one `export_dir` take turns (a lock
+    file), and the first to run removes what killed exports left behind (`.tmp-*`).
     """
     if not isinstance(model, classifier_lib.CXRClassifier):
         raise TypeError(f"export_classifier needs a cxr_tf CXRClassifier, got "
@@ -148,14 +195,18 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
     thresholds = np.asarray(thresholds, dtype=np.float32)
     if thresholds.shape != (n,) or not np.all((thresholds >= 0) & (thresholds <= 1)):
         raise ValueError(f"thresholds must be {n} values in [0, 1], got {thresholds.tolist()}")
+    version_given = version
     version = int(version) if version is not None else next_version(export_dir)
     if version < 1:
         raise ValueError(f"version must be a positive integer, got {version}")
-    final = os.path.join(export_dir, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(f"Export version directory already exists: {final}; choose another "
-                              f"version or remove it")
-
+    if version_given is not None and os.path.exists(os.path.join(export_dir, str(version))):
+        raise FileExistsError(f"Export version directory already exists: "
+                              f"{os.path.join(export_dir, str(version))}; choose another version "
+                              f"or remove it")
+    max_image_pixels = int(max_image_pixels)
+    if max_image_pixels < 1:
+        raise ValueError(f"max_image_pixels must be a positive number of pixels, got "
+                         f"{max_image_pixels}")
     explain = model.explain_model()
     thresholds_t = tf.constant(thresholds)
     min_coverage = model.min_mask_coverage if model.feature_weighting else 0.0
@@ -164,22 +215,38 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
         out = explain(images, training=False)
         probs = out[classifier_lib.PROBABILITIES]
         coverage = out[classifier_lib.MASK_COVERAGE]
+        if model.feature_weighting:
+            ok, reason = anatomy.check(out[classifier_lib.STRUCTURE_PROBS], coverage,
+                                       min_coverage)
+        else:
+            ok, reason = tf.ones_like(coverage, tf.int32), tf.fill(tf.shape(coverage), "")
         return {
             classifier_lib.PROBABILITIES: probs,
-            DECISIONS: tf.cast(probs >= thresholds_t, tf.int32),
+            DECISIONS: tf.cast(probs >= thresholds_t, tf.int32) * ok[:, None],
             classifier_lib.MASK_COVERAGE: coverage,
             LOW_MASK_COVERAGE: tf.cast(coverage < min_coverage, tf.int32),
+            ANATOMY_OK: ok,
+            ANATOMY_REASON: reason,
             classifier_lib.CAMS: tf.cast(out[classifier_lib.CAMS], tf.float32),
+            classifier_lib.GRID_MASK: tf.cast(out[classifier_lib.GRID_MASK], tf.float32),
         }
 
     def serve_bytes(image_bytes):
-        image_bytes = check_encoded_images(image_bytes)
+        image_bytes = check_image_size(check_encoded_images(image_bytes), max_image_pixels)
         images = tf.map_fn(
             lambda b: preprocessing.model_input_from_bytes(b, size, resize_size), image_bytes,
             fn_output_signature=tf.TensorSpec([size, size, 1], tf.float32))
         return outputs(images)
 
     def serve_pixels(images):
+        shape = tf.shape(images)
+        check = tf.debugging.Assert(
+            tf.cast(shape[1], tf.int64) * tf.cast(shape[2], tf.int64) <= max_image_pixels,
+            [tf.strings.format(IMAGES + " are {} x {} pixels each; this model accepts at most "
+                               + f"{max_image_pixels:,}" + " (max_image_pixels in its metadata)",
+                               [shape[1], shape[2]])])
+        with tf.control_dependencies([check]):
+            images = tf.identity(images)
         return outputs(preprocessing.resize_and_crop(check_pixels(images), size, resize_size))
 
     meta = {
@@ -192,26 +259,56 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
         "attention": model.attention,
         "feature_weighting": model.feature_weighting,
         "min_mask_coverage": min_coverage,
+        "mask_threshold": model.mask_threshold,
+        "mask_dilation": model.mask_dilation,
+        "anatomy_check": bool(model.feature_weighting),
+        "max_image_pixels": max_image_pixels,
         "version": version,
         "cxr_tf_version": cxr_tf.__version__,
         "input_contract": "encoded PNG/JPEG bytes, or float32 [0, 1] grey pixels (lungs dark)",
     }
-    meta_json = json.dumps(meta, sort_keys=True)
+    def metadata_fn(meta_json, version):
+        def metadata(ignored):
+            del ignored  # TF Serving's REST API needs an input; the value does not matter
+            return {
+                "label_names": tf.constant(meta["label_names"]),
+                "thresholds": thresholds_t,
+                "input_size": tf.constant(size, tf.int32),
+                "resize_size": tf.constant(resize_size, tf.int32),
+                "min_mask_coverage": tf.constant(min_coverage, tf.float32),
+                "max_image_pixels": tf.constant(max_image_pixels, tf.int64),
+                "model_name": tf.constant(model.name),
+                "version": tf.constant(version, tf.int64),
+                "cxr_tf_version": tf.constant(cxr_tf.__version__),
+                METADATA_JSON: tf.constant(meta_json),
+            }
+        return metadata
 
-    def metadata(ignored):
-        del ignored  # TF Serving's REST API needs an input; the value does not matter
-        return {
-            "label_names": tf.constant(meta["label_names"]),
-            "thresholds": thresholds_t,
-            "input_size": tf.constant(size, tf.int32),
-            "resize_size": tf.constant(resize_size, tf.int32),
-            "min_mask_coverage": tf.constant(min_coverage, tf.float32),
-            "model_name": tf.constant(model.name),
-            "version": tf.constant(version, tf.int64),
-            "cxr_tf_version": tf.constant(cxr_tf.__version__),
-            METADATA_JSON: tf.constant(meta_json),
-        }
+    os.makedirs(export_dir, exist_ok=True)
+    with files.exclusive_lock(os.path.join(export_dir, EXPORT_LOCK), "cxr-export"):
+        stale = files.remove_stale_temporaries(export_dir)
+        if stale:
+            log.info("Removed %s left in %s by an interrupted export", ", ".join(stale),
+                     export_dir)
+        if version_given is None:
+            version = next_version(export_dir)  # again: another export may have just finished
+        final = os.path.join(export_dir, str(version))
+        if os.path.exists(final):
+            raise FileExistsError(f"Export version directory already exists: {final}; choose "
+                                  f"another version or remove it")
+        meta["version"] = version
+        meta_json = json.dumps(meta, sort_keys=True)
+        with files.atomic_path(final) as tmp:
+            archive = _archive(model, serve_bytes, serve_pixels, metadata_fn(meta_json, version))
+            archive.write_out(tmp, verbose=False)
+            os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+            with open(os.path.join(tmp, METADATA_FILE), "w") as f:
+                json.dump(meta, f, indent=2)
+            files.make_readable(tmp)
+    return final
 
+
+def _archive(model, serve_bytes, serve_pixels, metadata):
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(SERVING_DEFAULT, serve_bytes,
@@ -221,19 +318,7 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
                                                         name=IMAGES)])
     archive.add_endpoint(METADATA, metadata,
                          input_signature=[tf.TensorSpec([], tf.int32, name=METADATA_INPUT)])
-
-    os.makedirs(export_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
-    try:
-        archive.write_out(tmp, verbose=False)
-        os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-        with open(os.path.join(tmp, METADATA_FILE), "w") as f:
-            json.dump(meta, f, indent=2)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return archive
 
 
 def read_metadata(loaded):

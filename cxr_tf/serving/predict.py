@@ -109,7 +109,7 @@ def _display_range(ds, data):
     return float(ends.min()), float(ends.max())
 
 
-def read_dicom(path):
+def read_dicom(path, max_pixels=None):
     """A DICOM radiograph as (H, W, 1) float32 in [0, 1], lungs dark, bone bright.
 
     Steps, all pydicom's: the pixel data at its stored bit depth (8, 12 in 16, 16 bits; unused
@@ -123,7 +123,8 @@ def read_dicom(path):
 
     Raises:
       ValueError: naming the file, when it is not readable DICOM, has no pixel data (or in a
-        compression pydicom cannot decode here), is colour, multi-frame or constant.
+        compression pydicom cannot decode here), is colour, multi-frame or constant, or holds
+        more than `max_pixels` pixels (Rows x Columns, read before the pixel data is decoded).
     """
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -142,6 +143,11 @@ def read_dicom(path):
     if "PixelData" not in ds:
         raise ValueError(f"{path}: DICOM file without pixel data (SOP class "
                          f"{getattr(ds, 'SOPClassUID', 'unknown')}); expected a radiograph")
+    rows, columns = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    if max_pixels and rows * columns > max_pixels:
+        raise ValueError(f"{path}: {rows} x {columns} = {rows * columns:,} pixels; the model "
+                         f"accepts at most {int(max_pixels):,} (max_image_pixels in its "
+                         f"metadata)")
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"{path}: PhotometricInterpretation {photometric or 'missing'} is not "
@@ -221,7 +227,7 @@ class Predictor:
         except OSError as e:
             raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
         if fmt == DICOM:
-            return fmt, read_dicom(path)
+            return fmt, read_dicom(path, max_pixels=self.meta.get("max_image_pixels"))
         if fmt is None:
             with open(path, "rb") as f:
                 head = f.read(16)
@@ -288,8 +294,10 @@ class Predictor:
                 for p in paths:
                     results.update(self._run_encoded([p], data))
                 return results
-            return {paths[0]: ValueError(f"{paths[0]}: not a decodable PNG or JPEG image "
-                                         f"({_op_message(e)})")}
+            message = _op_message(e)
+            what = ("refused by the model" if "max_image_pixels" in message
+                    else "not a decodable PNG or JPEG image")
+            return {paths[0]: ValueError(f"{paths[0]}: {what} ({message})")}
 
     def _run_pixels(self, paths, data):
         try:
@@ -321,6 +329,13 @@ class Predictor:
             "positive_findings": [n for n, d in zip(names, out[export_lib.DECISIONS]) if d],
             "mask_coverage": round(coverage, 4),
         }
+        anatomy_ok = int(out.get(export_lib.ANATOMY_OK, 1))
+        result["anatomy_ok"] = bool(anatomy_ok)
+        if not anatomy_ok:
+            reason = out[export_lib.ANATOMY_REASON]
+            reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+            result["reason"] = (f"not read as a frontal chest X-ray, so no finding is reported: "
+                                f"{reason}")
         if int(out[export_lib.LOW_MASK_COVERAGE]) or coverage < self.warn_coverage:
             weighted = ("features were not weighted and the probabilities are unreliable"
                         if int(out[export_lib.LOW_MASK_COVERAGE]) else

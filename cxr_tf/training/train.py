@@ -237,9 +237,95 @@ def _seed_everything(seed):
     keras.utils.set_random_seed(seed)
 
 
-def _write_experiment(work_dir, config, **extra):
-    loop.write_json_atomic(os.path.join(work_dir, EXPERIMENT),
-                           {"config": configs_lib.to_dict(config), **extra})
+# Settings a resumed run may change: they do not change what is computed (how often to
+# checkpoint, preemption handling, XLA, deterministic kernels, in-memory caching), or, for
+# `epochs`, only how long the run goes on; each change is recorded as a new segment.
+RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every_steps", "handle_preemption",
+                               "jit_compile", "deterministic", "cache"})
+
+
+class ResumeMismatch(ValueError):
+    """A work directory holds checkpoints of a run whose settings differ from the ones given.
+
+    The message lists each difference (checkpointed value, value given) and the two ways out:
+    the original settings to continue, or another work directory to start afresh.
+    """
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _compared(run):
+    """The settings of an experiment.json record that must not change on resume."""
+    section = run["role"]
+    config = run["config"]
+    keep = {"data": config["data"], section: config[section], "seed": config["seed"]}
+    flat = _flatten(keep)
+    for key in ("segmenter", "datasets"):
+        if key in run:
+            flat[key] = run[key]
+    return flat
+
+
+def _checkpointed_epoch(trainer):
+    """Completed epochs in the latest checkpoint (None when there is none), without restoring."""
+    latest = trainer.manager.latest_checkpoint
+    if not latest:
+        return None
+    return int(tf.train.load_checkpoint(latest).get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def _record_experiment(work_dir, trainer, config, **run):
+    """Writes experiment.json, or, when `work_dir` holds checkpoints of an earlier run, checks
+    the resume contract and appends a segment to it.
+
+    The contract: a rerun continues the checkpointed run only with the same settings, except
+    those in RESUMABLE_CHANGES (recorded per segment, e.g. more epochs). Anything else (learning
+    rate, batch size, schedule, architecture, data, segmenter, seed...) raises ResumeMismatch
+    before any step runs, so experiment.json never states a setting that was not used.
+    """
+    path = os.path.join(work_dir, EXPERIMENT)
+    run = {"config": configs_lib.to_dict(config), **run}
+    segment = {key: run[key] for key in ("strategy", "replicas", "dtype_policy", "jit_compile")
+               if key in run}
+    section = run["role"]
+    done = _checkpointed_epoch(trainer)
+    if done is not None and os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        before, now = _compared(stored), _compared(run)
+        changed = sorted(k for k in set(before) | set(now)
+                         if before.get(k) != now.get(k)
+                         and k.rsplit(".", 1)[-1] not in RESUMABLE_CHANGES)
+        if changed:
+            lines = "\n".join(f"  {k}: checkpointed {before.get(k)!r}, now {now.get(k)!r}"
+                               for k in changed)
+            raise ResumeMismatch(
+                f"{work_dir} holds checkpoints of a {section} run with other settings:\n{lines}"
+                f"\nTo continue that run, rerun with its settings (they are in {path}); only "
+                f"{', '.join(sorted(RESUMABLE_CHANGES))} may change. To train with the new "
+                f"settings, use another work directory (or delete {work_dir}).")
+        segments = stored.get("segments") or [{"from_epoch": 0, "epochs": before.get(
+            f"{section}.epochs")}]
+        segment.update(from_epoch=done,
+                       epochs=run["config"][section]["epochs"])
+        changes = {k: [before.get(k), now.get(k)] for k in set(before) | set(now)
+                   if before.get(k) != now.get(k)}
+        if changes:
+            segment["changed"] = changes
+        run["segments"] = segments + [segment]
+    else:
+        run["segments"] = [{"from_epoch": 0, "epochs": run["config"][section]["epochs"],
+                            **segment}]
+    if trainer.chief:  # every worker checks (they must all stop alike); the chief writes
+        loop.write_json_atomic(path, run)
 
 
 @contextlib.contextmanager
@@ -378,10 +464,9 @@ def train_segmenter(config, builder, work_dir, strategy=None, verbose=1):
         log.info("Training segmenter: %d parameters, input %d px, %d epochs, global batch %d, "
                  "examples per epoch %s", model.count_params(), seg.input_size, seg.epochs,
                  seg.batch_size, ", ".join(f"{n} {k}" for n, k in per_source.items()))
-        if trainer.chief:
-            _write_experiment(work_dir, config, role="segmenter",
-                              datasets={n: b.info.full_name for n, b in builders.items()},
-                              **_run_info(strategy, policy, trainer))
+        _record_experiment(work_dir, trainer, config, role="segmenter",
+                           datasets={n: b.info.full_name for n, b in builders.items()},
+                           **_run_info(strategy, policy, trainer))
         trainer.fit(train_input, seg.epochs, seg.batch_size,
                     segmenter_validation(val_sets, strategy), verbose=verbose)
     return trainer.best_path
@@ -474,10 +559,9 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
                  "epochs, global batch %d", clf.variant, model.backbone_name, model.count_params(),
                  sum(int(np.prod(v.shape)) for v in model.trainable_variables), clf.input_size,
                  clf.epochs, clf.batch_size)
-        if trainer.chief:
-            _write_experiment(work_dir, config, role="classifier", segmenter=segmenter_path,
-                              positive_class_weights=pos_weights,
-                              **_run_info(strategy, policy, trainer))
+        _record_experiment(work_dir, trainer, config, role="classifier",
+                           segmenter=segmenter_path, positive_class_weights=pos_weights,
+                           **_run_info(strategy, policy, trainer))
         trainer.fit(train_input, clf.epochs, clf.batch_size,
                     classifier_validation(val_ds, strategy),
                     verbose=verbose)
