@@ -136,6 +136,15 @@ def define_rest():
     flags.DEFINE_string("host", "127.0.0.1", "Address to listen on with --serve.")
     flags.DEFINE_integer("port", 8501, "Port with --serve (TF Serving's REST default is 8501; 0 "
                          "picks a free one).")
+    flags.DEFINE_integer("max_body_bytes", 32 * 1024 * 1024, "With --serve: larger request "
+                         "bodies get HTTP 413 before they are read.", lower_bound=1)
+    flags.DEFINE_float("client_timeout", 30.0, "With --serve: seconds a client may take to send "
+                       "a request; idle keep-alive connections are closed after it, slow bodies "
+                       "get HTTP 408.", lower_bound=0.001)
+    flags.DEFINE_integer("max_connections", 16, "With --serve: connections served at a time; "
+                         "more get HTTP 503 at once.", lower_bound=1)
+    flags.DEFINE_integer("max_predictions", 2, "With --serve: predictions run at a time (the "
+                         "others wait).", lower_bound=1)
 
 def define_evaluate():
     """Flags of cxr-evaluate (besides define_common); the classifier geometry and mask rule flags

@@ -9,7 +9,9 @@ Serve TF Serving's REST URLs on localhost for trying curl commands and client co
   curl -d @request.json http://localhost:8501/v1/models/cxr:predict
 
 The request mapping (instances/inputs, b64 objects, predictions/outputs) is TF Serving's; see
-cxr_tf/serving/rest.py and docs/serving.md. The server is a test double, not for production.
+cxr_tf/serving/rest.py and docs/serving.md. The server answers clients concurrently with
+timeouts and size limits (--client_timeout, --max_body_bytes, --max_connections,
+--max_predictions); it is a test double, not for production.
 Exit status: 0 when the answer is HTTP 200, 1 otherwise (the error JSON is still printed),
 2 on a usage error.
 """
@@ -37,7 +39,11 @@ def main(argv):
         base = f.model
         if os.path.exists(os.path.join(base, "saved_model.pb")):
             base = os.path.dirname(os.path.abspath(base))
-        server = rest.ModelServer(base, f.model_name, host=f.host, port=f.port)
+        server = rest.ModelServer(base, f.model_name, host=f.host, port=f.port,
+                                  max_body_bytes=f.max_body_bytes,
+                                  client_timeout=f.client_timeout,
+                                  max_connections=f.max_connections,
+                                  max_predictions=f.max_predictions)
         host, port = server.server_address[:2]
         print(f"serving {f.model_name} version {server.version} at "
               f"http://{host}:{port}/v1/models/{f.model_name}", flush=True)

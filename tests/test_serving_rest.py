@@ -269,3 +269,141 @@ def test_http_server_in_a_fresh_process(loaded, export_path, images):
         proc.wait(timeout=30)
         proc.stdout.close()
         proc.stderr.close()
+
+
+# ------------------------------------------------------------ a server one client cannot block
+
+@pytest.fixture()
+def server(export_path):
+    """A ModelServer on a free local port with short limits, serving in a background thread."""
+    import threading
+    srv = rest.ModelServer(os.path.dirname(export_path), "cxr", port=0, max_body_bytes=200_000,
+                           client_timeout=2.0, max_connections=12, max_predictions=2)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _raw(server, data, read=True, timeout=20):
+    """Sends raw bytes on a new connection; returns (status, JSON body) of the reply."""
+    import socket
+    with socket.create_connection(server.server_address[:2], timeout=timeout) as s:
+        s.sendall(data)
+        if not read:
+            return None
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        length = int(re_search(rb"Content-Length: (\d+)", head))
+        while len(body) < length:
+            body += s.recv(65536)
+        return int(head.split()[1]), json.loads(body[:length])
+
+
+def re_search(pattern, data):
+    import re
+    return re.search(pattern, data).group(1)
+
+
+def _post(body, path="/v1/models/cxr:predict", headers=None):
+    head = {"Host": "x", "Content-Type": "application/json", "Content-Length": str(len(body)),
+            **(headers or {})}
+    lines = [f"POST {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in head.items() if v is not None]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def test_malformed_framing_gets_the_right_answers(server, images):
+    body = json.dumps({"instances": [b64(images[0])]}).encode()
+    status, reply = _raw(server, _post(body))
+    assert status == 200 and len(reply["predictions"]) == 1
+    status, reply = _raw(server, _post(body, headers={"Content-Length": "abc"}))
+    assert status == 400 and "Content-Length must be a non-negative integer, got 'abc'" in \
+        reply["error"]
+    status, reply = _raw(server, _post(body, headers={"Content-Length": "-1"}))
+    assert status == 400 and "got '-1'" in reply["error"]
+    status, reply = _raw(server, _post(body, headers={"Content-Length": None}))
+    assert status == 411
+    status, reply = _raw(server, _post(b"x" * 300_000))
+    assert status == 413 and "exceeds the limit of 200000 bytes" in reply["error"]
+    # A chunked body is read, not misread.
+    chunked = b"".join(f"{len(part):x}\r\n".encode() + part + b"\r\n"
+                       for part in (body[:100], body[100:])) + b"0\r\n\r\n"
+    status, reply = _raw(server, _post(chunked, headers={"Content-Length": None,
+                                                         "Transfer-Encoding": "chunked"}))
+    assert status == 200 and len(reply["predictions"]) == 1
+    status, reply = _raw(server, _post(b"zz\r\n", headers={"Content-Length": None,
+                                                          "Transfer-Encoding": "chunked"}))
+    assert status == 400 and "chunk size" in reply["error"]
+    # A short body: the client stops sending; the answer comes at the timeout.
+    status, reply = _raw(server, _post(body, headers={"Content-Length": str(len(body) + 50)}))
+    assert status == 408
+    status, reply = _raw(server, b"NONSENSE\r\n\r\n")
+    assert status == 400 and "error" in reply
+
+
+def test_idle_connection_does_not_block_other_clients(server, images):
+    import socket
+    import time
+    idle = socket.create_connection(server.server_address[:2])  # connects, sends nothing
+    keep_alive = socket.create_connection(server.server_address[:2])
+    try:
+        body = json.dumps({"instances": [b64(images[1])]}).encode()
+        start = time.monotonic()
+        for _ in range(3):
+            status, _ = _raw(server, _post(body))
+            assert status == 200
+        assert time.monotonic() - start < 10  # not held up by the idle client's 2 s timeout
+        # Two requests on one kept-alive connection.
+        for _ in range(2):
+            keep_alive.sendall(_post(body))
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                reply += keep_alive.recv(65536)
+            head, _, rest_ = reply.partition(b"\r\n\r\n")
+            length = int(re_search(rb"Content-Length: (\d+)", head))
+            while len(rest_) < length:
+                rest_ += keep_alive.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200")
+        # The idle connection is closed by the server after client_timeout (2 s).
+        idle.settimeout(10)
+        assert idle.recv(1024) == b""
+    finally:
+        idle.close()
+        keep_alive.close()
+
+
+def test_bounded_load_with_malformed_requests(server, images):
+    import concurrent.futures
+    good = _post(json.dumps({"instances": [b64(images[0])]}).encode())
+    bad_json = _post(b"{not json")
+    bad_length = _post(b"{}", headers={"Content-Length": "abc"})
+    requests = [good] * 216 + [bad_json] * 12 + [bad_length] * 12  # a tenth malformed
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda r: _raw(server, r)[0], requests))
+    assert answers.count(200) == 216 and answers.count(400) == 24
+    assert set(answers) <= {200, 400}  # no 503: 8 clients < 12 connections
+
+
+def test_connections_beyond_the_limit_get_503_at_once(export_path, images):
+    import socket
+    import threading
+    srv = rest.ModelServer(os.path.dirname(export_path), "cxr", port=0, client_timeout=5.0,
+                           max_connections=2)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    held = [socket.create_connection(srv.server_address[:2]) for _ in range(2)]
+    try:
+        import time
+        time.sleep(0.3)  # both accepted and holding their slots
+        status, reply = _raw(srv, _post(json.dumps({"instances": [b64(images[0])]}).encode()))
+        assert status == 503 and "Too many connections" in reply["error"]
+    finally:
+        for s in held:
+            s.close()
+        srv.shutdown()
+        srv.server_close()
