@@ -256,23 +256,23 @@ def check_training_options(options, what="training"):
     def fail(field, value, expected):
         raise ValueError(f"{what}.{field} = {value!r}: expected {expected}")
 
+    if options.learning_rate <= 0:  # before the checks that compare other fields with it
+        fail("learning_rate", options.learning_rate, "a positive number")
     if options.lr_schedule not in LR_SCHEDULES:
         fail("lr_schedule", options.lr_schedule, f"one of {', '.join(LR_SCHEDULES)}")
     if not 0.0 < options.lr_plateau_factor < 1.0:
         fail("lr_plateau_factor", options.lr_plateau_factor, "a factor in (0, 1)")
     if options.lr_plateau_patience < 1:
         fail("lr_plateau_patience", options.lr_plateau_patience, "at least 1 epoch")
-    if options.min_learning_rate < 0 or options.min_learning_rate > options.learning_rate:
-        fail("min_learning_rate", options.min_learning_rate,
-             f"a value in [0, learning_rate = {options.learning_rate}]")
     if options.checkpoint_every_steps < 0:
         fail("checkpoint_every_steps", options.checkpoint_every_steps, "0 (off) or a step count")
     if options.epochs < 1:
         fail("epochs", options.epochs, "at least 1")
     if options.batch_size < 1:
         fail("batch_size", options.batch_size, "at least 1 (the global batch size)")
-    if options.learning_rate <= 0:
-        fail("learning_rate", options.learning_rate, "a positive number")
+    if options.min_learning_rate < 0 or options.min_learning_rate > options.learning_rate:
+        fail("min_learning_rate", options.min_learning_rate,
+             f"a value in [0, learning_rate = {options.learning_rate}]")
     weighting = getattr(options, "class_weighting", "none")
     if weighting not in CLASS_WEIGHTINGS:
         fail("class_weighting", weighting, f"one of {', '.join(CLASS_WEIGHTINGS)}")

@@ -97,6 +97,15 @@ def make_readable(path):
             os.chmod(os.path.join(root, n), 0o666 & ~mask)
 
 
+def lock_path_for(directory):
+    """A lock file for writers into `directory` that lives outside it (in the system's temporary
+    folder, named by a hash of the directory's absolute path), so data folders stay clean.
+    Processes on one machine take turns; other machines sharing the folder are not covered."""
+    import hashlib
+    key = hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:20]
+    return os.path.join(tempfile.gettempdir(), "cxr_tf_locks", f"{key}.lock")
+
+
 @contextlib.contextmanager
 def exclusive_lock(path, what="cxr_tf"):
     """Holds an exclusive advisory lock (flock) on `path` for the block: processes that write

@@ -13,6 +13,31 @@ from cxr_tf import configs
 
 FLAGS = flags.FLAGS
 
+flags.DEFINE_bool("traceback", False, "On an error, print Python's full traceback instead of "
+                  "the one-line message.")
+
+
+def run(main):
+    """app.run(main), with the errors a user can act on (bad input, a missing or unreadable
+    file, a refused setting: ValueError and OSError, including cxr_tf's DataError and
+    ResumeMismatch) printed as one clear message on stderr and exit status 1, without a
+    traceback unless --traceback is given."""
+    import sys
+
+    def friendly(argv):
+        try:
+            return main(argv)
+        except (ValueError, OSError) as e:
+            if FLAGS.traceback:
+                raise
+            name = os.path.basename(sys.argv[0]) or "cxr_tf"
+            print(f"{name}: error: {e}", file=sys.stderr)
+            print("(add --traceback to see where it happened)", file=sys.stderr)
+            return 1
+
+    from absl import app
+    app.run(friendly)
+
 
 # {section: {field: flag name}} of the config flags this binary defined (experiment_config
 # applies them).

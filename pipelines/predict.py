@@ -105,7 +105,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    cxr_flags.run(main)
 
 
 if __name__ == "__main__":

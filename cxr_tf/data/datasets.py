@@ -2,11 +2,14 @@
 
 import logging
 import os
+import shutil
 
 import tensorflow_datasets as tfds
 
+from cxr_tf import files
 # Importing a builder module registers it with TFDS.
 from cxr_tf.data.builders import chestxray14, jsrt_scr, montgomery, shenzhen, synthetic_cxr
+from cxr_tf.data.builders._common import DataError
 
 log = logging.getLogger("cxr_tf")
 
@@ -61,7 +64,23 @@ def prepare(builder, manual_dir=None):
                 f"{builder.name} is not built yet under {builder.data_dir} and needs the raw "
                 f"download: pass its folder as manual_dir (--manual_dir=...).\n"
                 f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
-        log.info("Building %s into %s", builder.info.full_name, builder.data_dir)
+        if manual_dir is not None and builder.name in REAL and not os.path.isdir(manual_dir):
+            raise DataError(f"manual_dir {manual_dir} does not exist or is not a directory; pass "
+                            f"the folder holding the unpacked {builder.name} download.\n"
+                            f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        # Builds of one data set take turns; the one holding the lock removes what killed
+        # builds left (TFDS writes into incomplete.* folders and renames them when done).
+        config_dir = os.path.dirname(builder.data_dir)
+        with files.exclusive_lock(files.lock_path_for(config_dir), "cxr-build-dataset"):
+            for name in sorted(os.listdir(config_dir) if os.path.isdir(config_dir) else []):
+                if name.startswith("incomplete."):
+                    log.warning("Removing %s, left by an interrupted build",
+                                os.path.join(config_dir, name))
+                    shutil.rmtree(os.path.join(config_dir, name), ignore_errors=True)
+            if not builder.is_prepared():
+                log.info("Building %s into %s", builder.info.full_name, builder.data_dir)
+            builder.download_and_prepare(download_config=config)
+        return builder
     builder.download_and_prepare(download_config=config)
     return builder
 

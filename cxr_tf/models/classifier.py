@@ -182,8 +182,34 @@ def build_classifier(variant="cxr_irnet", *, backbone=None, input_size=224, segm
 
 
 def load_model(path):
-    """Loads a .keras classifier or segmenter saved by cxr_tf and checks its label contract."""
-    model = keras.saving.load_model(path, compile=False)
+    """Loads a .keras classifier or segmenter saved by cxr_tf and checks its label contract.
+
+    Raises:
+      FileNotFoundError: no file at `path`.
+      ValueError: naming the file, when it is not a Keras model file (empty, text, truncated,
+        a directory) or holds something other than a cxr_tf classifier or segmenter.
+    """
+    import os
+    import zipfile
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file (expected a .keras model saved by cxr_tf)")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not a .keras model file (an exported "
+                         f"SavedModel? give the .keras file written by training)")
+    size = os.path.getsize(path)
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(16)
+        what = "an empty file" if not size else f"{size:,} bytes starting with {head!r}"
+        raise ValueError(f"{path} is not a Keras model file (a .keras file is a zip archive; "
+                         f"this is {what}): truncated, corrupt or not a model; retrain, or "
+                         f"copy the file again")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras raises many types for damaged archives
+        raise ValueError(f"{path}: cannot load the Keras model ({type(e).__name__}: "
+                         f"{str(e)[:300]})") from e
     if isinstance(model, CXRClassifier):
         labels_lib.check_label_names(model.label_names, what=f"model {path}")
     elif isinstance(model, UNetSegmenter):

@@ -10,6 +10,9 @@ import concurrent.futures.process
 import itertools
 import multiprocessing
 import os
+import signal
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -25,6 +28,37 @@ JSRT_MAX = 4095           # ... big-endian 16-bit words holding 12-bit values
 
 class ImageError(ValueError):
     """A file that cannot be read as the image it should be (the message names the file)."""
+
+
+def _watch_parent(parent_pid):
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def die_with_parent(parent_pid):
+    """Worker-process initializer: the worker ends when the process that started it ends, even
+    when that one is killed with SIGKILL (no chance to stop its pool). Linux: the kernel sends
+    SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); elsewhere a thread polls the parent
+    once a second."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def worker_pool(workers):
+    """A ProcessPoolExecutor of `workers` "spawn" processes that die with this process.
+
+    "spawn": the parent has TensorFlow loaded, whose threads make fork unsafe; the workers
+    import only NumPy and OpenCV (this module)."""
+    return concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent,
+        initargs=(os.getpid(),))
 
 
 def default_workers():
@@ -394,9 +428,7 @@ class Pool:
                 yield fn(job)
             return
         if self._executor is None:
-            # "spawn": the parent has TensorFlow loaded, whose threads make fork unsafe.
-            self._executor = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._executor = worker_pool(self.workers)
         chunks = iter([jobs[i:i + chunksize] for i in range(0, len(jobs), chunksize)])
         limit = max_pending_chunks or 4 * self.workers
         pending = {self._executor.submit(_run_chunk, fn, c)

@@ -16,9 +16,7 @@ Usage:
     ds = builder.as_dataset(split="train")
 """
 
-import concurrent.futures
 import dataclasses
-import multiprocessing
 import os
 
 import numpy as np
@@ -27,6 +25,7 @@ import tensorflow_datasets as tfds
 from cxr_tf import labels as labels_lib
 from cxr_tf.data import features as fk
 from cxr_tf.data import phantom
+from cxr_tf.data.builders import _imaging
 
 SPLITS = ("train", "validation", "test")
 
@@ -106,10 +105,7 @@ class SyntheticCxr(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         jobs = [(cfg.seed, split, i, cfg.image_size, cfg.shortcut) for i in range(cfg.count(split))]
         workers = min(os.cpu_count() or 1, 8)
-        # "spawn": the parent has TensorFlow loaded, whose threads make fork unsafe. The workers
-        # import only numpy and OpenCV.
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with _imaging.worker_pool(workers) as pool:
             for i, (image, masks, y) in enumerate(pool.map(_render, jobs, chunksize=32)):
                 image_id = f"phantom_{split}_{i:06d}.png"
                 yield image_id, {
