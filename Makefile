@@ -1,7 +1,7 @@
 # The two commands of the README. Both create a project-local virtual environment (.venv) with
 # Python 3.11 (or $(PYTHON)), install cxr_tf into it, then run.
 #   make demo   - end-to-end demo on generated phantoms (about 7 minutes on 2 CPU cores)
-#   make test   - the test suite (what CI runs)
+#   make test   - style and import contracts (ruff, import-linter), then the test suite (CI)
 PYTHON ?= python3.11
 VENV ?= .venv
 DEMO_DIR ?= demo_work
@@ -22,6 +22,8 @@ demo: $(STAMP)
 	$(VENV)/bin/cxr-demo --work_dir=$(DEMO_DIR)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q tests
 
 clean:

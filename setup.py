@@ -40,7 +40,7 @@ setup(
                 "tensorflow>=2.21,<2.22; platform_machine!='x86_64'"],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
         "test": ["pytest>=8", "pytest-xdist>=3", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6"],
+                 "ipykernel>=6", "ruff>=0.6", "import-linter>=2.0"],
         "notebook": ["jupyterlab", "ipykernel>=6"],
         # benchmarks/ only: the PyTorch reference peer. Pinned to the release whose CPU wheel
         # lies on the project's machines; never a core dependency. See BENCHMARKS.md.

@@ -68,6 +68,7 @@ def build(manual_dir, data_dir, size, image_format="raw"):
     """(builder, images built in train+validation+test, wall seconds, CPU seconds) of a fresh
     build; the CPU time counts this process and the build's worker processes."""
     import tensorflow_datasets as tfds
+
     from cxr_tf.data.builders import chestxray14
     builder = chestxray14.make_builder(data_dir, image_size=size, image_format=image_format)
     cpu, start = _cpu_seconds(), time.perf_counter()
@@ -99,6 +100,7 @@ def replicated_copy(manual_dir, out_dir, copies, side=None):
     ids r<k>_<id>) with matching label table and split lists; with `side`, the linked PNGs are
     first resized to side x side (8-bit grey as in the official release)."""
     import cv2
+
     from cxr_tf.data.builders import _common, chestxray14
     found = _common.scan(manual_dir)
     paths = chestxray14.index_images(found, manual_dir)
@@ -139,6 +141,7 @@ def replicated_copy(manual_dir, out_dir, copies, side=None):
 def run(args):
     """Runs every measurement; prints one JSON line per figure and returns them."""
     import logging
+
     import tensorflow  # noqa: F401  (imported before timing: a fixed cost, not throughput)
     logging.getLogger("cxr_tf").setLevel(logging.WARNING)
     results = []

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as pipelines/ do (DESIGN.md section 4)
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as pipelines/ do (docs/design.md, oneDNN)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -84,7 +84,7 @@ def builders_for(config, names, data_dir, manual_dir):
 
 def run_recipe(recipe, args):
     from cxr_tf import configs
-    from cxr_tf.evaluation import inference
+    from cxr_tf.data import pipeline
     from cxr_tf.evaluation import report as report_lib
     from cxr_tf.models import load_model
     from cxr_tf.training import train
@@ -101,7 +101,7 @@ def run_recipe(recipe, args):
     scores = {}
     for name, builder in builders_for(config, args.datasets.split(","), args.data_dir,
                                       args.manual_dir).items():
-        ds, structures = inference.segmentation_dataset(builder, "validation",
+        ds, structures = pipeline.segmentation_dataset(builder, "validation",
                                                         segmenter.input_size)
         seg = report_lib.evaluate_segmenter(segmenter, ds, structures, n_resamples=1000)
         scores[name] = {k: {"dice": v["dice"], "ci": [v["ci_low"], v["ci_high"]],

@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as pipelines/ (DESIGN.md section 4)
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as pipelines/ (docs/design.md, oneDNN)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -63,8 +63,9 @@ def export_tf(work_dir, input_size=224, resize_size=256, backbone="densenet121",
     """Exports a random-init CXR-IRNet; returns (serving function, export path)."""
     import tensorflow as tf
 
-    import keras_bench
     from cxr_tf.serving import export as export_lib
+
+    import keras_bench
     model = keras_bench.build_model("inline", input_size, backbone, seg_size, seg_filters,
                                     seg_depth)
     path = export_lib.export_classifier(model, work_dir, resize_size=resize_size)

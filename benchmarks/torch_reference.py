@@ -1,4 +1,4 @@
-"""PyTorch reference of CXR-IRNet (Fang et al. 2021), written from DESIGN.md section 1.
+"""PyTorch reference of CXR-IRNet (Fang et al. 2021), written from the method in docs/design.md.
 
 The peer that cxr_tf's Keras models are timed against (benchmarks/run_all.py, gpu_train.py). It
 needs only `torch` (the `bench` extra: `pip install -e '.[bench]'`, or `pip install torch==2.13.0`
@@ -10,7 +10,8 @@ The model, as the authors run it:
     -> three channels, ImageNet mean/std
     -> multi-scale attention (MA): channel max and mean of x, conv5(x), conv9(x) (3 filters each,
        stride 1, 'same', no bias) -> concat (6 maps) -> conv3x3 to 1 (no bias) -> sigmoid -> * x
-    -> DenseNet121 features (blocks 6-12-24-16, growth 32, final BN + ReLU): F_g (B, 1024, S/32, S/32)
+    -> DenseNet121 features (blocks 6-12-24-16, growth 32, final BN + ReLU):
+       F_g (B, 1024, S/32, S/32)
     -> F_l = F_g * M_g, with M_g the segmenter's union mask average-pooled to F_g's grid and
        binarised at 0.5 (no gradient into the segmenter, which stays in eval mode)
     -> global average pool -> Linear(1024, 14) -> logits (sigmoid + BCE in the loss).

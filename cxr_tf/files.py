@@ -8,6 +8,7 @@ Temporary names start with `.tmp-`, which the project's readers ignore.
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -101,7 +102,6 @@ def lock_path_for(directory):
     """A lock file for writers into `directory` that lives outside it (in the system's temporary
     folder, named by a hash of the directory's absolute path), so data folders stay clean.
     Processes on one machine take turns; other machines sharing the folder are not covered."""
-    import hashlib
     key = hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:20]
     return os.path.join(tempfile.gettempdir(), "cxr_tf_locks", f"{key}.lock")
 

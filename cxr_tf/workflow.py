@@ -1,45 +1,51 @@
-"""The steps of a cxr_tf run, on paths inside one work directory.
+"""The one facade of cxr_tf: every step a binary runs, on paths inside one work directory.
 
-Each binary in `pipelines/` parses its flags and calls one of these; the demo calls them in
-order. Layout of a work directory:
+Each binary in `pipelines/` parses its flags and calls functions of this module only; the demo
+calls them in order. The work directory's layout is cxr_tf.layout (re-exported here as
+`workflow.layout`):
 
-    WORK_DIR/
-      tfds/                 built data sets (TFDS records)
-      segmenter/            best.keras, history.json, experiment.json, checkpoints/
-      classifier/           the same for CXR-IRNet (classifier_<variant>/ for the others)
-      eval/                 report.json, report.md, predictions.csv
-      export/<version>/     SavedModel for TF Serving
+    build_data / build_segmentation_data     data sets (TFDS records)
+    train_segmenter / train_classifier        training runs (any tf.distribute strategy)
+    evaluate                                  reports (classifier, segmenter, screening)
+    export                                    TF Serving SavedModels
+    run_ablation                              CXR-IRNet, its ablations and baselines side by side
+    file_predictor / render_overlay           predictions on files (cxr-predict)
+    rest_server / answer_rest_request         TF Serving's REST API offline (cxr-rest)
 """
 
+import dataclasses
 import json
 import logging
 import os
+import time
+
+import cv2
+import tensorflow as tf
 
 from cxr_tf import configs as configs_lib
+from cxr_tf import files, layout, pretrained, saved_models
 from cxr_tf import labels as labels_lib
-from cxr_tf.data import datasets
-from cxr_tf.training import loop, train
+from cxr_tf.data import datasets, pipeline
+from cxr_tf.data import features as fk
+from cxr_tf.evaluation import ablation as ablation_lib
+from cxr_tf.evaluation import inference, localization, screening
+from cxr_tf.evaluation import report as report_lib
+from cxr_tf.models import load_model
+from cxr_tf.serving import export as export_lib
+from cxr_tf.serving import overlay as overlay_lib
+from cxr_tf.serving import predict as predict_lib
+from cxr_tf.serving import rest as rest_lib
+from cxr_tf.training import strategies, train
 
 log = logging.getLogger("cxr_tf")
 
-SEGMENTER_DIR = "segmenter"
-CLASSIFIER_DIR = "classifier"
-EVAL_DIR = "eval"
-EXPORT_DIR = "export"
+__all__ = ["layout", "build_data", "build_segmentation_data", "segmenter_for_classifier",
+           "load_experiment", "train_segmenter", "train_classifier", "evaluate", "export",
+           "run_ablation", "predict_encoded", "file_predictor", "render_overlay", "rest_server",
+           "answer_rest_request", "FilePredictor"]
 
-
-def subdir(work_dir, name):
-    return os.path.join(str(work_dir), name)
-
-
-def classifier_dir(work_dir, variant="cxr_irnet"):
-    """WORK_DIR/classifier for CXR-IRNet, WORK_DIR/classifier_<variant> for the others."""
-    name = CLASSIFIER_DIR if variant == "cxr_irnet" else f"{CLASSIFIER_DIR}_{variant}"
-    return subdir(work_dir, name)
-
-
-def best_model(run_dir):
-    return os.path.join(run_dir, loop.BEST_MODEL)
+FilePredictor = predict_lib.FilePredictor
+SYNTHETIC = datasets.SYNTHETIC
 
 
 def segmenter_for_classifier(work_dir, explicit=None):
@@ -53,21 +59,20 @@ def segmenter_for_classifier(work_dir, explicit=None):
     """
     if explicit:
         return _require(explicit, "Segmenter"), "given"
-    trained = best_model(subdir(work_dir, SEGMENTER_DIR))
+    trained = layout.best_model(layout.segmenter_dir(work_dir))
     if os.path.exists(trained):
         return trained, "work_dir"
-    from cxr_tf import pretrained
     path = pretrained.segmenter_path()
     log.info("No segmenter given (--segmenter) or trained in %s: using the one shipped with "
              "cxr_tf, %s (112 px U-Net trained on public JSRT + SCR fold 1, Montgomery and "
              "Shenzhen films; model card: cxr_tf/pretrained/MODEL_CARD.md)",
-             subdir(work_dir, SEGMENTER_DIR), path)
+             layout.segmenter_dir(work_dir), path)
     return path, "pretrained"
 
 
 def load_experiment(run_dir):
     """The ExperimentConfig a training run in `run_dir` used (from its experiment.json)."""
-    path = os.path.join(run_dir, train.EXPERIMENT)
+    path = os.path.join(run_dir, layout.EXPERIMENT)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a cxr_tf training directory "
                                 f"(train first, or point to the directory holding best.keras)")
@@ -88,8 +93,7 @@ def build_data(config, data_dir, manual_dir=None):
 def build_segmentation_data(config, data_dir, manual_dir=None):
     """Builds (or reuses) every data set `config.segmenter.datasets` names (default
     `config.data.dataset`), each stored at `config.data.image_size`; returns {name: builder}
-    in that order, for train.train_segmenter."""
-    import dataclasses
+    in that order, for train_segmenter."""
     builders = {}
     for name, _ in configs_lib.segmenter_sources(config.segmenter, config.data.dataset):
         data = dataclasses.replace(config.data, dataset=name)
@@ -132,11 +136,6 @@ def evaluate(classifier_path, builder, config, out_dir, split="test", segmenter_
 
     Returns the report dict.
     """
-    from cxr_tf.data import features as fk
-    from cxr_tf.evaluation import inference, localization
-    from cxr_tf.evaluation import report as report_lib
-    from cxr_tf.models import load_model
-
     if classifier_path is None and segmenter_path is None:
         raise ValueError("Nothing to evaluate: give a classifier, a segmenter, or both")
     cam_threshold = localization.DEFAULT_CAM_THRESHOLD if cam_threshold is None else cam_threshold
@@ -150,17 +149,18 @@ def evaluate(classifier_path, builder, config, out_dir, split="test", segmenter_
         report["meta"].update(model=os.path.abspath(classifier_path),
                               model_source=predictor.source, model_name=predictor.name,
                               predictor=predictor.describe())
-        eval_ds = inference.examples_dataset(builder, split)
+        eval_ds = pipeline.examples_dataset(builder, split)
         val_ds = None
         if split != "validation" and "validation" in builder.info.splits:
-            val_ds = inference.examples_dataset(builder, "validation")
+            val_ds = pipeline.examples_dataset(builder, "validation")
         else:
             log.warning("No separate validation split: thresholds are 0.5 for every class")
         clf_report, predictions = report_lib.evaluate_classifier(
             predictor, eval_ds, val_ds, n_resamples=n_resamples, seed=config.seed,
             figures_dir=out_dir)
         report["classification"] = clf_report
-        report_lib.write_predictions_csv(predictions, os.path.join(out_dir, "predictions.csv"))
+        report_lib.write_predictions_csv(predictions,
+                                         os.path.join(out_dir, layout.PREDICTIONS_CSV))
         log.info("Classification on %s (%d images):\n%s", split, clf_report["n_images"],
                  report_lib.classification_table(clf_report))
 
@@ -170,30 +170,30 @@ def evaluate(classifier_path, builder, config, out_dir, split="test", segmenter_
         if box_builder is not None:
             box_split = box_split or ("bbox" if "bbox" in box_builder.info.splits else split)
             summary, records = localization.evaluate_localisation(
-                predictor, inference.examples_dataset(box_builder, box_split, batch_size=16,
+                predictor, pipeline.examples_dataset(box_builder, box_split, batch_size=16,
                                                       with_boxes=True),
                 threshold=cam_threshold, overlay_dir=overlay_dir if max_overlays else None,
                 max_overlays=max_overlays)
             summary["overlays"] = [os.path.relpath(p, out_dir) for p in summary["overlays"]]
             summary.update(dataset=box_builder.info.full_name, split=box_split)
             report["localisation"] = summary
-            loop.write_json_atomic(os.path.join(out_dir, "localisation_boxes.json"), records)
+            files.write_json_atomic(os.path.join(out_dir, "localisation_boxes.json"), records)
             mask_segmenter = getattr(getattr(predictor, "model", None), "segmenter", None)
             if mask_segmenter is None and segmenter_path:
                 mask_segmenter = load_model(_require(segmenter_path, "Segmenter"))
             if mask_segmenter is not None:
                 keeps, keep_records = localization.evaluate_mask_keeps(
                     predictor.input_size, predictor.resize_size, mask_segmenter,
-                    inference.examples_dataset(
+                    pipeline.examples_dataset(
                         box_builder, box_split, batch_size=16, with_boxes=True))
                 report["mask_keeps"] = keeps
-                loop.write_json_atomic(os.path.join(out_dir, "mask_keeps_boxes.json"),
+                files.write_json_atomic(os.path.join(out_dir, "mask_keeps_boxes.json"),
                                        keep_records)
                 log.info("Share of box area inside the lung-and-heart mask:\n%s",
                          report_lib.mask_keeps_table(keeps))
         elif max_overlays:
             written = localization.overlay_positive_findings(
-                predictor, inference.examples_dataset(builder, split, batch_size=16),
+                predictor, pipeline.examples_dataset(builder, split, batch_size=16),
                 overlay_dir, threshold=cam_threshold, max_overlays=max_overlays)
             for w in written:
                 w["path"] = os.path.relpath(w["path"], out_dir)
@@ -209,7 +209,7 @@ def evaluate(classifier_path, builder, config, out_dir, split="test", segmenter_
         seg_split = seg_split or split
         features = seg_builder.info.features
         if fk.MASKS in features or fk.LUNGS in features:
-            seg_ds, structures = inference.segmentation_dataset(seg_builder, seg_split,
+            seg_ds, structures = pipeline.segmentation_dataset(seg_builder, seg_split,
                                                                 segmenter.input_size)
             seg = report_lib.evaluate_segmenter(segmenter, seg_ds, structures,
                                                 n_resamples=n_resamples, seed=config.seed)
@@ -232,17 +232,13 @@ def _screen_segmenter(segmenter, segmenter_path, builder, split, config, out_dir
     """Report sections for a segmenter on a data set without masks (e.g. ChestX-ray14): mask
     coverage as the configured classifier computes it, a contact sheet, and (`with_boxes`, on
     the data set's box split) the share of boxes each grid rule keeps."""
-    from cxr_tf.data import features as fk
-    from cxr_tf.evaluation import inference, localization, screening
-    from cxr_tf.evaluation import report as report_lib
-
     clf = config.classifier
     geometry = dict(input_size=clf.input_size, resize_size=clf.resize_size)
     summary, records = screening.screen_segmenter(
         segmenter, builder, split, min_coverage=clf.min_mask_coverage,
         threshold=clf.mask_threshold, dilation=clf.mask_dilation, **geometry)
     summary["model"] = os.path.abspath(segmenter_path)
-    loop.write_json_atomic(os.path.join(out_dir, "segmenter_coverage.json"), records)
+    files.write_json_atomic(os.path.join(out_dir, "segmenter_coverage.json"), records)
     if max_overlays:
         sheet = screening.contact_sheet(
             segmenter, builder, split, screening.choose_for_sheet(records),
@@ -256,9 +252,9 @@ def _screen_segmenter(segmenter, segmenter_path, builder, split, config, out_dir
         box_split = "bbox" if "bbox" in builder.info.splits else split
         keeps, keep_records = localization.evaluate_mask_keeps(
             clf.input_size, clf.resize_size, segmenter,
-            inference.examples_dataset(builder, box_split, batch_size=16, with_boxes=True))
+            pipeline.examples_dataset(builder, box_split, batch_size=16, with_boxes=True))
         keeps.update(dataset=builder.info.full_name, split=box_split)
-        loop.write_json_atomic(os.path.join(out_dir, "mask_keeps_boxes.json"), keep_records)
+        files.write_json_atomic(os.path.join(out_dir, "mask_keeps_boxes.json"), keep_records)
         log.info("Share of box area inside the lung-and-heart mask:\n%s",
                  report_lib.mask_keeps_table(keeps))
         out["mask_keeps"] = keeps
@@ -274,11 +270,10 @@ def thresholds_from_report(report_path):
     return [c["threshold"] for c in classes]
 
 
-def export(classifier_path, export_dir, resize_size=None, report_path=None, version=None):
-    """Exports a trained classifier; thresholds come from an evaluation report when given."""
-    from cxr_tf.models import load_model
-    from cxr_tf.serving import export as export_lib
-
+def export(classifier_path, export_dir, resize_size=None, report_path=None, version=None,
+           max_image_pixels=export_lib.DEFAULT_MAX_IMAGE_PIXELS):
+    """Exports a trained classifier to EXPORT_DIR/<version>/; thresholds come from an evaluation
+    report when given (chosen on validation), else 0.5. Returns the version directory."""
     model = load_model(_require(classifier_path, "Classifier"))
     thresholds = None
     if report_path:
@@ -286,6 +281,210 @@ def export(classifier_path, export_dir, resize_size=None, report_path=None, vers
     else:
         log.warning("No evaluation report given: exporting with threshold 0.5 for every class")
     path = export_lib.export_classifier(model, export_dir, resize_size=resize_size,
-                                        thresholds=thresholds, version=version)
+                                        thresholds=thresholds, version=version,
+                                        max_image_pixels=max_image_pixels)
     log.info("Exported SavedModel to %s", path)
     return path
+
+
+# ---- Training -----------------------------------------------------------------------------------
+
+def train_segmenter(config, work_dir, data_dir=None, manual_dir=None, strategy="default",
+                    tpu="", builders=None, verbose=1):
+    """Builds the data sets `config.segmenter.datasets` names and trains the U-Net into
+    WORK_DIR/segmenter (resuming an interrupted run); returns the path of its best.keras.
+
+    Args:
+      config: the ExperimentConfig.
+      work_dir: the work directory.
+      data_dir: where data sets are built (default WORK_DIR/tfds).
+      manual_dir: the raw copies of real data sets (one folder may hold several).
+      strategy, tpu: the tf.distribute strategy by name (configs.STRATEGIES).
+      builders: already built data sets ({name: builder}, or one builder) instead.
+      verbose: 1 progress bars, 0 per-epoch log lines only.
+    """
+    configs_lib.check_training_options(config.segmenter, "segmenter")  # before building data
+    configs_lib.segmenter_sources(config.segmenter, config.data.dataset)
+    distribution = strategies.make_strategy(strategy, tpu_address=tpu)
+    if builders is None:
+        builders = build_segmentation_data(config, data_dir or layout.data_dir(work_dir),
+                                           manual_dir)
+    return train.train_segmenter(config, builders, layout.segmenter_dir(work_dir),
+                                 strategy=distribution, verbose=verbose)
+
+
+def train_classifier(config, work_dir, data_dir=None, manual_dir=None, strategy="default",
+                     tpu="", segmenter=None, backbone_weights=None, builder=None, verbose=1):
+    """Builds the data set and trains the classifier variant `config.classifier.variant` into
+    WORK_DIR/classifier (classifier_<variant>/ for the others), resuming an interrupted run;
+    returns the path of its best.keras. The test split is never used for model selection.
+
+    Args:
+      config, work_dir, data_dir, manual_dir, strategy, tpu, verbose: as train_segmenter.
+      segmenter: the segmenter (.keras) of a variant with feature weighting (default: see
+        segmenter_for_classifier).
+      backbone_weights: optional local weights file for the backbone.
+      builder: an already built data set instead.
+    """
+    configs_lib.check_training_options(config.classifier, "classifier")
+    distribution = strategies.make_strategy(strategy, tpu_address=tpu)
+    if builder is None:
+        builder = build_data(config, data_dir or layout.data_dir(work_dir), manual_dir)
+    segmenter_path = None
+    if configs_lib.variant(config.classifier.variant).feature_weighting:
+        segmenter_path, _ = segmenter_for_classifier(work_dir, segmenter)
+    return train.train_classifier(
+        config, builder, layout.classifier_dir(work_dir, config.classifier.variant),
+        segmenter_path=segmenter_path, strategy=distribution, backbone_weights=backbone_weights,
+        verbose=verbose)
+
+
+# ---- Ablation -----------------------------------------------------------------------------------
+
+def run_ablation(config, data_dir, work_dir, variants=ablation_lib.VARIANTS, overrides=None,
+                 segmenter_path=None, n_resamples=1000, max_overlays=4, manual_dir=None,
+                 verbose=0):
+    """Trains and evaluates each variant on the same data; writes ablation.json and .md.
+
+    Re-running with the same work_dir resumes: finished trainings are reused (the training loop
+    restores its checkpoints), evaluation is repeated.
+
+    Args:
+      config: the shared ExperimentConfig (data, segmenter, classifier training, seed).
+      data_dir: where data sets are built.
+      work_dir: one subdirectory per variant (classifier_<variant>/, eval_<variant>/), the
+        segmenter (segmenter/) when trained here, and the summary files.
+      variants: which of ablation.VARIANTS to run, in table order.
+      overrides: per-variant ClassifierConfig fields (see ablation.variant_config).
+      segmenter_path: a trained segmenter for the weighting variants; trained here with
+        `config.segmenter` when None and needed.
+      n_resamples: bootstrap resamples of every interval.
+      max_overlays: CAM overlay PNGs per variant.
+      manual_dir: raw download of a real data set.
+      verbose: training progress bars (1) or per-epoch lines only (0).
+
+    Returns:
+      the summary dict (also in work_dir/ablation.json).
+    """
+    variants = tuple(variants)
+    if not variants:
+        raise ValueError("No variant to run")
+    unknown = [v for v in variants if v not in ablation_lib.VARIANTS]
+    if unknown:
+        raise ValueError(f"Unknown variants {unknown}; expected some of "
+                         f"{', '.join(ablation_lib.VARIANTS)}")
+    os.makedirs(work_dir, exist_ok=True)
+    t_start = time.time()
+    builder = build_data(config, data_dir, manual_dir=manual_dir)
+    needs_segmenter = any(configs_lib.VARIANTS[v].feature_weighting for v in variants)
+    segmenter_seconds = 0.0
+    if needs_segmenter and segmenter_path is None:
+        t0 = time.time()
+        segmenter_path = train.train_segmenter(config, builder,
+                                               layout.segmenter_dir(work_dir), verbose=verbose)
+        segmenter_seconds = time.time() - t0
+
+    rows, predictions = [], {}
+    for variant in variants:
+        cfg = ablation_lib.variant_config(config, variant, overrides)
+        spec = configs_lib.VARIANTS[variant]
+        run_dir = os.path.join(work_dir, f"classifier_{variant}")
+        log.info("Ablation: %s (%s backbone, %d px)", variant,
+                 cfg.classifier.backbone or spec.backbone, cfg.classifier.input_size)
+        t0 = time.time()
+        best = train.train_classifier(
+            cfg, builder, run_dir,
+            segmenter_path=segmenter_path if spec.feature_weighting else None, verbose=verbose)
+        wall_train = time.time() - t0
+        eval_dir = os.path.join(work_dir, f"eval_{variant}")
+        t0 = time.time()
+        rep = evaluate(best, builder, cfg, eval_dir, split="test", n_resamples=n_resamples,
+                       max_overlays=max_overlays)
+        wall_eval = time.time() - t0
+        predictions[variant] = report_lib.read_predictions_csv(
+            os.path.join(eval_dir, layout.PREDICTIONS_CSV))
+        rows.append(ablation_lib.variant_row(variant, cfg, load_model(best), rep, run_dir,
+                                             eval_dir, wall_train, wall_eval))
+    return ablation_lib.summarise(config, builder.info.full_name, rows, predictions, work_dir,
+                                  overrides=overrides, segmenter_path=segmenter_path,
+                                  segmenter_seconds=segmenter_seconds, n_resamples=n_resamples,
+                                  wall_seconds=time.time() - t_start)
+
+
+def compare_shortcut(clean, shortcut, out_dir, n_resamples=1000):
+    """The clean and shortcut ablations side by side (see ablation.compare_shortcut)."""
+    return ablation_lib.compare_shortcut(clean, shortcut, out_dir, n_resamples=n_resamples)
+
+
+def shortcut_markdown(comparison):
+    """The clean-vs-shortcut comparison as Markdown."""
+    return ablation_lib.shortcut_markdown(comparison)
+
+
+def ablation_markdown(summary):
+    """An ablation summary's comparison table as Markdown."""
+    return ablation_lib.ablation_markdown(summary)
+
+
+def variant_names():
+    """The classifier variants in table order."""
+    return ablation_lib.VARIANTS
+
+
+# ---- Serving -------------------------------------------------------------------------------------
+
+def predict_encoded(export_path, encoded_images):
+    """Runs encoded PNG/JPEG images through an export's serving_default signature, as a TF
+    Serving client would; returns (outputs as numpy arrays, the export's metadata)."""
+    loaded, meta = export_lib.load_exported(saved_models.resolve_version(export_path))
+    out = loaded.signatures[export_lib.SERVING_DEFAULT](
+        **{export_lib.IMAGE_BYTES: tf.constant(list(encoded_images))})
+    return {k: v.numpy() for k, v in out.items()}, meta
+
+
+def first_test_png(builder, split="test"):
+    """(image id, PNG bytes, names of its true findings) of a split's first image, as stored."""
+    example = next(iter(datasets.load_split(builder, split).take(1)))
+    ok, png = cv2.imencode(".png", example[fk.IMAGE].numpy())
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the image as PNG")
+    truth = [n for n, t in zip(labels_lib.FINDINGS, example[fk.LABELS].numpy()) if t]
+    return example[fk.IMAGE_ID].numpy().decode(), png.tobytes(), truth
+
+
+def file_predictor(export_path, warn_coverage=None):
+    """A FilePredictor (PNG, JPEG and DICOM files) on an exported SavedModel."""
+    return predict_lib.FilePredictor(export_path, warn_coverage=warn_coverage)
+
+
+def render_overlay(*args, **kwargs):
+    """PNG bytes of a heat-map overlay (see cxr_tf.serving.overlay.render_overlay)."""
+    return overlay_lib.render_overlay(*args, **kwargs)
+
+
+def find_image_files(inputs):
+    """(image files, skipped files) of files and folders (see serving.predict.find_images)."""
+    return predict_lib.find_images(inputs)
+
+
+def rest_server(export_path, model_name, **limits):
+    """A local TF Serving REST stand-in on an export base directory (see
+    cxr_tf.serving.rest.ModelServer for `host`, `port` and the limits)."""
+    base = export_path
+    if os.path.exists(os.path.join(base, saved_models.SAVED_MODEL_FILE)):
+        base = os.path.dirname(os.path.abspath(base))
+    return rest_lib.ModelServer(base, model_name, **limits)
+
+
+def answer_rest_request(export_path, body):
+    """(HTTP status, response dict) TF Serving would give a :predict request body."""
+    loaded = tf.saved_model.load(saved_models.resolve_version(export_path))
+    return rest_lib.predict(loaded, body)
+
+
+def write_atomic(path, data):
+    """Writes bytes or text to `path` whole or not at all (cxr_tf.files)."""
+    if isinstance(data, str):
+        files.write_text_atomic(path, data)
+    else:
+        files.write_bytes_atomic(path, data)

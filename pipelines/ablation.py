@@ -33,25 +33,21 @@ cxr_flags.define_common()
 cxr_flags.define_ablation()
 flags.adopt_module_key_flags(cxr_flags)
 
-ABLATION_DIR = "ablation"
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     cxr_flags.setup_logging()
-    from cxr_tf.data import datasets
-    from cxr_tf.evaluation import ablation
+    from cxr_tf import workflow
 
     f = flags.FLAGS
     t0 = time.time()
     if f["shortcut"].present:
         raise app.UsageError("Use --data_variants=clean,shortcut (or one of them) instead of "
                              "--shortcut")
-    unknown = [v for v in f.variants if v not in ablation.VARIANTS]
+    unknown = [v for v in f.variants if v not in workflow.variant_names()]
     if unknown:
         raise app.UsageError(f"Unknown --variants {unknown}; expected some of "
-                             f"{', '.join(ablation.VARIANTS)}")
+                             f"{', '.join(workflow.variant_names())}")
     bad = [v for v in f.data_variants if v not in ("clean", "shortcut")]
     if bad or not f.data_variants:
         raise app.UsageError(f"--data_variants must be 'clean' and/or 'shortcut', got "
@@ -59,7 +55,7 @@ def main(argv):
     if f.segmenter and not os.path.exists(f.segmenter):
         raise app.UsageError(f"--segmenter {f.segmenter} does not exist")
     config = cxr_flags.experiment_config()
-    if config.data.dataset != datasets.SYNTHETIC and "shortcut" in f.data_variants:
+    if config.data.dataset != workflow.SYNTHETIC and "shortcut" in f.data_variants:
         raise app.UsageError("The shortcut variant exists for synthetic_cxr only; pass "
                              "--data_variants=clean for a real data set")
     overrides = {}
@@ -71,24 +67,24 @@ def main(argv):
                              "resize_size": f.dcnn_input_size * config.classifier.resize_size
                              // config.classifier.input_size}
 
-    root = os.path.join(os.path.abspath(f.work_dir), ABLATION_DIR)
+    root = workflow.layout.ablation_dir(os.path.abspath(f.work_dir))
     segmenter = f.segmenter
     summaries = {}
     for data_variant in f.data_variants:
         cfg = cxr_flags.experiment_config()
         cfg.classifier = config.classifier
         cfg.data.shortcut = data_variant == "shortcut"
-        summary = ablation.run_ablation(
+        summary = workflow.run_ablation(
             cfg, cxr_flags.data_dir(), os.path.join(root, data_variant), variants=f.variants,
             overrides=overrides, segmenter_path=segmenter, n_resamples=f.bootstrap,
             max_overlays=f.overlays, manual_dir=f.manual_dir, verbose=0 if f.quiet else 1)
         segmenter = summary["segmenter"] or segmenter  # shared by the next data variant
         summaries[data_variant] = summary
         print(f"\n=== {data_variant}: {summary['dataset']} ===")
-        print(ablation.ablation_markdown(summary))
+        print(workflow.ablation_markdown(summary))
     if len(summaries) == 2:
-        ablation.compare_shortcut(summaries["clean"], summaries["shortcut"], root)
-        print(open(os.path.join(root, ablation.COMPARISON_MD)).read())
+        comparison = workflow.compare_shortcut(summaries["clean"], summaries["shortcut"], root)
+        print(workflow.shortcut_markdown(comparison))
     print(f"ablation finished in {time.time() - t0:.0f} s")
     print(f"tables {root}")
 

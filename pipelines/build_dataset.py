@@ -5,7 +5,7 @@ Phantoms (no download):
 Real data sets read the raw files from --manual_dir, see README.md.
 """
 
-from absl import app, flags
+from absl import flags
 
 from pipelines import flags as cxr_flags
 

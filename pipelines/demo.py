@@ -14,7 +14,7 @@ steps from WORK_DIR (delete it for a fresh run). The last lines are machine-read
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from pipelines import flags as cxr_flags
 
@@ -30,14 +30,7 @@ def main(argv):
     del argv
     cxr_flags.setup_logging()
     t0 = time.time()
-    import cv2
-    import tensorflow as tf
-
-    from cxr_tf import labels, workflow
-    from cxr_tf.data import datasets
-    from cxr_tf.data import features as fk
-    from cxr_tf.serving import export as export_lib
-    from cxr_tf.training import train
+    from cxr_tf import workflow
 
     f = flags.FLAGS
     work_dir = os.path.abspath(f.work_dir)
@@ -52,41 +45,31 @@ def main(argv):
     builder = workflow.build_data(config, cxr_flags.data_dir())
 
     _banner("2/6 segmenter (U-Net: left lung, right lung, heart)")
-    seg_path = train.train_segmenter(config, builder,
-                                     workflow.subdir(work_dir, workflow.SEGMENTER_DIR),
-                                     verbose=verbose)
+    seg_path = workflow.train_segmenter(config, work_dir, builders=builder, verbose=verbose)
 
     _banner(f"3/6 classifier ({config.classifier.variant}, {config.classifier.backbone or 'paper'} "
             f"backbone, {config.classifier.input_size} px)")
-    clf_path = train.train_classifier(config, builder, workflow.classifier_dir(work_dir),
-                                      segmenter_path=seg_path, verbose=verbose)
+    clf_path = workflow.train_classifier(config, work_dir, builder=builder, segmenter=seg_path,
+                                         verbose=verbose)
 
     _banner("4/6 evaluation on the test split (thresholds from validation)")
-    eval_dir = workflow.subdir(work_dir, workflow.EVAL_DIR)
+    eval_dir = workflow.layout.eval_dir(work_dir)
     report = workflow.evaluate(clf_path, builder, config, eval_dir, split="test",
                                segmenter_path=seg_path)
     # workflow.evaluate logs the AUROC and Dice tables; the figures are repeated at the end.
 
     _banner("5/6 export (TF Serving SavedModel)")
-    export_path = workflow.export(clf_path, workflow.subdir(work_dir, workflow.EXPORT_DIR),
+    export_path = workflow.export(clf_path, workflow.layout.export_dir(work_dir),
                                   resize_size=config.classifier.resize_size,
-                                  report_path=os.path.join(eval_dir, "report.json"))
+                                  report_path=workflow.layout.report_json(eval_dir))
 
     _banner("6/6 one encoded PNG through the exported serving_default signature")
-    example = next(iter(datasets.load_split(builder, "test").take(1)))
-    ok, png = cv2.imencode(".png", example[fk.IMAGE].numpy())
-    if not ok:
-        raise RuntimeError("OpenCV could not encode the demo PNG")
-    loaded, meta = export_lib.load_exported(export_path)
-    out = loaded.signatures[export_lib.SERVING_DEFAULT](
-        **{export_lib.IMAGE_BYTES: tf.constant([png.tobytes()])})
-    probs = out["probabilities"].numpy()[0]
-    truth = example[fk.LABELS].numpy()
-    print(f"image {example[fk.IMAGE_ID].numpy().decode()} (true findings: "
-          f"{', '.join(n for n, t in zip(labels.FINDINGS, truth) if t) or 'none'})")
-    for name, p, d in zip(meta["label_names"], probs, out["decisions"].numpy()[0]):
+    image_id, png, truth = workflow.first_test_png(builder)
+    out, meta = workflow.predict_encoded(export_path, [png])
+    print(f"image {image_id} (true findings: {', '.join(truth) or 'none'})")
+    for name, p, d in zip(meta["label_names"], out["probabilities"][0], out["decisions"][0]):
         print(f"  {name:<20} {p:.4f}{'  positive' if d else ''}")
-    print(f"  mask coverage {float(out['mask_coverage'].numpy()[0]):.3f}")
+    print(f"  mask coverage {float(out['mask_coverage'][0]):.3f}")
 
     seg = report["segmentation"]["structures"]
     print(f"\ndemo finished in {time.time() - t0:.0f} s")

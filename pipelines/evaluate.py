@@ -69,7 +69,8 @@ def main(argv):
 
     from cxr_tf import workflow
     f = flags.FLAGS
-    model = f.model or workflow.best_model(workflow.classifier_dir(f.work_dir))
+    layout = workflow.layout
+    model = f.model or layout.best_model(layout.classifier_dir(f.work_dir))
     if model == "none":
         model = None
     elif not os.path.exists(model):
@@ -77,13 +78,12 @@ def main(argv):
                              f"file or an exported SavedModel directory)")
     segmenter = f.segmenter_model
     if segmenter is None:
-        default = workflow.best_model(workflow.subdir(f.work_dir, workflow.SEGMENTER_DIR))
+        default = layout.best_model(layout.segmenter_dir(f.work_dir))
         segmenter = default if os.path.exists(default) else None
     elif segmenter == "none":
         segmenter = None
     elif segmenter == "pretrained":
-        from cxr_tf import pretrained
-        segmenter = pretrained.segmenter_path()
+        segmenter = workflow.pretrained.segmenter_path()
     if model is None and segmenter is None:
         raise app.UsageError("Nothing to evaluate: --model=none and no segmenter")
     config = _config_for(model)
@@ -94,7 +94,7 @@ def main(argv):
         seg_config.data.dataset = f.segmentation_dataset
         seg_builder = workflow.build_data(seg_config, cxr_flags.data_dir(),
                                           manual_dir=f.segmentation_manual_dir)
-    out_dir = f.out_dir or workflow.subdir(f.work_dir, workflow.EVAL_DIR)
+    out_dir = f.out_dir or layout.eval_dir(f.work_dir)
     report = workflow.evaluate(model, builder, config, out_dir, split=f.split,
                                segmenter_path=segmenter, n_resamples=f.bootstrap,
                                signature=f.signature, box_split=f.box_split,

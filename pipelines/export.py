@@ -6,7 +6,7 @@ Thresholds for the `decisions` output come from an evaluation report (chosen on 
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from pipelines import flags as cxr_flags
 
@@ -19,15 +19,16 @@ def main(argv):
     cxr_flags.setup_logging()
     from cxr_tf import workflow
     f = flags.FLAGS
-    model = f.model or workflow.best_model(workflow.classifier_dir(f.work_dir))
+    layout = workflow.layout
+    model = f.model or layout.best_model(layout.classifier_dir(f.work_dir))
     config, _ = workflow.load_experiment(os.path.dirname(os.path.abspath(model)))
     report = f.report
     if report is None:
-        default = os.path.join(workflow.subdir(f.work_dir, workflow.EVAL_DIR), "report.json")
+        default = layout.report_json(layout.eval_dir(f.work_dir))
         report = default if os.path.exists(default) else None
-    path = workflow.export(model, f.export_dir or workflow.subdir(f.work_dir, workflow.EXPORT_DIR),
+    path = workflow.export(model, f.export_dir or layout.export_dir(f.work_dir),
                            resize_size=config.classifier.resize_size, report_path=report,
-                           version=f.version)
+                           version=f.version, max_image_pixels=f.max_image_pixels)
     print(f"saved_model {path}")
 
 

@@ -136,6 +136,9 @@ def define_export():
     flags.DEFINE_integer("version", None, "Version number (default: next free one).")
     flags.DEFINE_string("report", None, "Evaluation report.json whose validation-chosen thresholds "
                         "are exported (default WORK_DIR/eval/report.json when it exists).")
+    flags.DEFINE_integer("max_image_pixels", 40_000_000, "Largest image (height x width) the "
+                         "exported signatures accept; larger ones are refused from their file "
+                         "header, before decoding.", lower_bound=1)
 
 def define_predict():
     """Flags of cxr-predict."""
@@ -153,7 +156,8 @@ def define_predict():
 
 def define_rest():
     """Flags of the local TF Serving REST stand-in (cxr-rest)."""
-    flags.DEFINE_string("model", None, "Export directory: the model base path (versions in numbered "
+    flags.DEFINE_string("model", None, "Export directory: the model base path (versions in "
+                        "numbered "
                         "subdirectories; the highest is used) or one version directory.",
                         required=True)
     flags.DEFINE_bool("serve", False, "Serve TF Serving's REST URLs instead of answering a file.")
@@ -198,9 +202,11 @@ def define_evaluate():
                        "pixel must reach to belong to the box's connected component.",
                        lower_bound=0.01, upper_bound=1.0)
     flags.DEFINE_integer("overlays", 24, "Number of CAM overlay PNGs (0: none).", lower_bound=0)
-    flags.DEFINE_string("box_split", None, "Split with ground-truth boxes for localisation (default "
+    flags.DEFINE_string("box_split", None, "Split with ground-truth boxes for localisation "
+                        "(default "
                         "'bbox' when the data set has it, else --split).")
-    flags.DEFINE_string("segmentation_dataset", None, "Data set for the segmenter's scores (default: "
+    flags.DEFINE_string("segmentation_dataset", None, "Data set for the segmenter's scores "
+                        "(default: "
                         "the evaluated data set; e.g. jsrt_scr, montgomery, synthetic_cxr).")
     flags.DEFINE_string("segmentation_split", None, "Split for the segmenter's scores (default "
                         "--split).")
@@ -213,11 +219,13 @@ def define_ablation():
     define_section("classifier", only=("epochs", "batch_size", "learning_rate"))
     flags.DEFINE_list("variants", ["cxr_irnet", "no_weighting", "no_attention", "chexnet", "dcnn"],
                       "Variants to train and compare, in table order.")
-    flags.DEFINE_list("data_variants", ["clean", "shortcut"], "Phantom data variants: 'clean' and/or "
+    flags.DEFINE_list("data_variants", ["clean", "shortcut"], "Phantom data variants: 'clean' "
+                      "and/or "
                       "'shortcut' (synthetic_cxr only; real data sets run as they are).")
     flags.DEFINE_integer("dcnn_input_size", None, "Input side of the ResNet-50 baseline only (a "
                          "multiple of 32; default: the preset's, like every other variant).")
-    flags.DEFINE_string("segmenter", None, "A trained segmenter (.keras) to use instead of training "
+    flags.DEFINE_string("segmenter", None, "A trained segmenter (.keras) to use instead of "
+                        "training "
                         "one.")
     flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of every interval.", lower_bound=0)
     flags.DEFINE_integer("overlays", 4, "CAM overlay PNGs per variant.", lower_bound=0)
@@ -234,6 +242,7 @@ def setup_logging():
 
 
 def data_dir():
+    """--data_dir, or WORK_DIR/tfds."""
     return FLAGS.data_dir or os.path.join(FLAGS.work_dir, "tfds")
 
 

@@ -43,8 +43,7 @@ def main(argv):
     if not inputs:
         raise app.UsageError("Give image files or folders to classify", exitcode=2)
     f = flags.FLAGS
-    from cxr_tf.serving import overlay as overlay_lib
-    from cxr_tf.serving import predict
+    from cxr_tf import workflow
 
     if f.overlay_dir:
         from matplotlib import colormaps
@@ -54,10 +53,10 @@ def main(argv):
     if f.output and not os.path.isdir(os.path.dirname(os.path.abspath(f.output))):
         raise app.UsageError(f"--output={f.output}: its folder does not exist", exitcode=2)
     try:
-        predictor = predict.Predictor(f.model, warn_coverage=f.warn_coverage)
+        predictor = workflow.file_predictor(f.model, warn_coverage=f.warn_coverage)
     except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(f"--model: {e}", exitcode=2)
-    paths, skipped = predict.find_images(inputs)
+    paths, skipped = workflow.find_image_files(inputs)
     for path in skipped:
         print(f"skipped {path}: not a .png, .jpg, .jpeg, .dcm or .dicom file (nor DICOM "
               f"without a suffix)", file=sys.stderr)
@@ -79,12 +78,12 @@ def main(argv):
             summary, outputs, image = result
             target = os.path.join(f.overlay_dir, _overlay_name(path, used_names))
             try:
-                png = overlay_lib.render_overlay(
+                png = workflow.render_overlay(
                     image, outputs["class_activation_maps"], outputs["probabilities"],
                     meta["label_names"], summary["positive_findings"], meta["input_size"],
                     meta["resize_size"], top_k=f.overlay_top_k, colormap=f.colormap,
-                    title=os.path.basename(path))
-                predict.atomic_write(target, lambda fh, data=png: fh.write(data))
+                    title=os.path.basename(path), mask=outputs.get("grid_mask"))
+                workflow.write_atomic(target, png)
                 summary["overlay"] = target
             except (OSError, ValueError) as e:
                 failed += 1
@@ -97,8 +96,7 @@ def main(argv):
         else:
             print(line, flush=True)
     if f.output:
-        predict.atomic_write(f.output, lambda fh: fh.write("".join(x + "\n" for x in lines)),
-                             mode="w")
+        workflow.write_atomic(f.output, "".join(x + "\n" for x in lines))
     print(f"{predicted} predicted, {failed} failed, {len(skipped)} skipped",
           file=sys.stderr)
     return 1 if failed else 0

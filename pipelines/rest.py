@@ -17,7 +17,6 @@ Exit status: 0 when the answer is HTTP 200, 1 otherwise (the error JSON is still
 """
 
 import json
-import os
 import sys
 
 from absl import app, flags
@@ -29,21 +28,17 @@ flags.adopt_module_key_flags(cxr_flags)
 
 
 def main(argv):
-    from cxr_tf.serving import predict as predict_lib
-    from cxr_tf.serving import rest
+    from cxr_tf import workflow
 
     f = flags.FLAGS
     if f.serve:
         if len(argv) > 1:
             raise app.UsageError("--serve takes no request file")
-        base = f.model
-        if os.path.exists(os.path.join(base, "saved_model.pb")):
-            base = os.path.dirname(os.path.abspath(base))
-        server = rest.ModelServer(base, f.model_name, host=f.host, port=f.port,
-                                  max_body_bytes=f.max_body_bytes,
-                                  client_timeout=f.client_timeout,
-                                  max_connections=f.max_connections,
-                                  max_predictions=f.max_predictions)
+        server = workflow.rest_server(f.model, f.model_name, host=f.host, port=f.port,
+                                      max_body_bytes=f.max_body_bytes,
+                                      client_timeout=f.client_timeout,
+                                      max_connections=f.max_connections,
+                                      max_predictions=f.max_predictions)
         host, port = server.server_address[:2]
         print(f"serving {f.model_name} version {server.version} at "
               f"http://{host}:{port}/v1/models/{f.model_name}", flush=True)
@@ -66,9 +61,7 @@ def main(argv):
                 body = fh.read()
     except (OSError, UnicodeDecodeError) as e:
         raise app.UsageError(f"cannot read request {source}: {e}")
-    import tensorflow as tf
-    loaded = tf.saved_model.load(predict_lib.resolve_export(f.model))
-    status, response = rest.predict(loaded, body)
+    status, response = workflow.answer_rest_request(f.model, body)
     print(json.dumps(response, indent=1))
     if status != 200:
         print(f"HTTP {status}", file=sys.stderr)

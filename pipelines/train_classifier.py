@@ -1,5 +1,7 @@
 """Trains CXR-IRNet (or an ablation/baseline); best model on validation mean AUROC is
-WORK_DIR/classifier/best.keras (WORK_DIR/classifier_<variant>/ for other variants). The test split is never used for model selection.
+WORK_DIR/classifier/best.keras (WORK_DIR/classifier_<variant>/ for other variants). The test
+split is never used for model selection. Variants with feature weighting use --segmenter, else
+WORK_DIR/segmenter/best.keras, else the segmenter shipped with cxr_tf (said in the log).
 
 Builds the data set first if needed. Re-running the same command resumes an interrupted run
 (mid-epoch with --checkpoint_every_steps). See docs/training.md for GPUs, several machines,
@@ -9,7 +11,7 @@ mixed precision and TensorBoard.
   cxr-train-classifier --work_dir=work --config=paper --strategy=mirrored --mixed_precision
 """
 
-from absl import app, flags
+from absl import flags
 
 from pipelines import flags as cxr_flags
 
@@ -22,20 +24,12 @@ flags.adopt_module_key_flags(cxr_flags)
 def main(argv):
     del argv
     cxr_flags.setup_logging()
-    from cxr_tf import configs, workflow
-    from cxr_tf.training import strategies, train
+    from cxr_tf import workflow
     f = flags.FLAGS
-    config = cxr_flags.experiment_config()
-    configs.check_training_options(config.classifier, "classifier")  # before building any data
-    strategy = strategies.make_strategy(f.strategy, tpu_address=f.tpu)
-    builder = workflow.build_data(config, cxr_flags.data_dir(), manual_dir=f.manual_dir)
-    segmenter = None
-    if configs.variant(config.classifier.variant).feature_weighting:
-        segmenter, _ = workflow.segmenter_for_classifier(f.work_dir, f.segmenter)
-    out_dir = workflow.classifier_dir(f.work_dir, config.classifier.variant)
-    path = train.train_classifier(config, builder, out_dir, segmenter_path=segmenter,
-                                  strategy=strategy, backbone_weights=f.backbone_weights,
-                                  verbose=0 if f.quiet else 1)
+    path = workflow.train_classifier(
+        cxr_flags.experiment_config(), f.work_dir, data_dir=cxr_flags.data_dir(),
+        manual_dir=f.manual_dir, strategy=f.strategy, tpu=f.tpu, segmenter=f.segmenter,
+        backbone_weights=f.backbone_weights, verbose=0 if f.quiet else 1)
     print(f"classifier {path}")
 
 

@@ -11,7 +11,7 @@ docs/segmenter.md for the shipped model's recipe, docs/training.md for GPUs and 
   cxr-train-segmenter --work_dir=work --config=paper --dataset=jsrt_scr --manual_dir=~/data/jsrt
 """
 
-from absl import app, flags
+from absl import flags
 
 from pipelines import flags as cxr_flags
 
@@ -24,20 +24,14 @@ flags.adopt_module_key_flags(cxr_flags)
 def main(argv):
     del argv
     cxr_flags.setup_logging()
-    from cxr_tf import configs, workflow
-    from cxr_tf.training import strategies, train
+    from cxr_tf import workflow
     f = flags.FLAGS
     config = cxr_flags.experiment_config()
     if f["dataset"].present and not f["datasets"].present:
         config.segmenter.datasets = f.dataset  # --dataset alone: train on that one
-    configs.check_training_options(config.segmenter, "segmenter")  # before building any data
-    configs.segmenter_sources(config.segmenter, config.data.dataset)  # malformed --datasets
-    strategy = strategies.make_strategy(f.strategy, tpu_address=f.tpu)
-    builders = workflow.build_segmentation_data(config, cxr_flags.data_dir(),
-                                                manual_dir=f.manual_dir)
-    path = train.train_segmenter(config, builders,
-                                 workflow.subdir(flags.FLAGS.work_dir, workflow.SEGMENTER_DIR),
-                                 strategy=strategy, verbose=0 if flags.FLAGS.quiet else 1)
+    path = workflow.train_segmenter(config, f.work_dir, data_dir=cxr_flags.data_dir(),
+                                    manual_dir=f.manual_dir, strategy=f.strategy, tpu=f.tpu,
+                                    verbose=0 if f.quiet else 1)
     print(f"segmenter {path}")
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cxr_tf import configs
+from cxr_tf import configs, workflow
 from cxr_tf.evaluation import ablation
 
 
@@ -30,7 +30,7 @@ def test_variant_config_keeps_data_and_training_and_sets_backbones():
 def test_tiny_ablation_and_shortcut_table(tmp_path, tiny_config, tiny_builder,
                                           tiny_segmenter_path):
     data_dir = os.path.dirname(os.path.dirname(os.path.dirname(tiny_builder.data_dir)))
-    summary = ablation.run_ablation(tiny_config, data_dir, str(tmp_path / "clean"),
+    summary = workflow.run_ablation(tiny_config, data_dir, str(tmp_path / "clean"),
                                     variants=("cxr_irnet", "chexnet"),
                                     segmenter_path=tiny_segmenter_path, n_resamples=20,
                                     max_overlays=1)

@@ -8,12 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-import builder_fixtures as bf
-from conftest import shared_sample_dir
 from cxr_tf import configs, labels
 from cxr_tf.data import datasets, pipeline
 from cxr_tf.data import features as fk
 from cxr_tf.data.builders import _common, chestxray14
+
+import builder_fixtures as bf
+from conftest import shared_sample_dir
 
 SIZE = 64
 

@@ -7,11 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
-import builder_fixtures as bf
 from cxr_tf import labels
 from cxr_tf.data import datasets, pipeline
 from cxr_tf.data import features as fk
 from cxr_tf.data.builders import _common, _imaging, jsrt_scr
+
+import builder_fixtures as bf
 
 SIZE = 64
 FOLD1 = {"JPCLN001", "JPCLN003", "JPCNN001"}  # odd numbers

@@ -7,10 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
-import builder_fixtures as bf
 from cxr_tf.data import datasets, pipeline
 from cxr_tf.data import features as fk
 from cxr_tf.data.builders import montgomery
+
+import builder_fixtures as bf
 
 SIZE = 64
 NAMES = ("MCUCXR_0001_0", "MCUCXR_0002_1", "MCUCXR_0003_0", "MCUCXR_0004_1", "MCUCXR_0005_0",
@@ -115,12 +116,11 @@ def test_a_mask_found_twice_fails_naming_both_files(tmp_path):
 
 
 def test_a_segmenter_is_scored_on_the_lungs_of_montgomery(built, tiny_segmenter_path):
-    from cxr_tf.evaluation import inference
     from cxr_tf.evaluation import report as report_lib
     from cxr_tf.models import load_model
     builder, _ = built
     segmenter = load_model(tiny_segmenter_path)
-    ds, structures = inference.segmentation_dataset(builder, "train", segmenter.input_size)
+    ds, structures = pipeline.segmentation_dataset(builder, "train", segmenter.input_size)
     assert structures == ("left_lung", "right_lung", "lungs")
     _, (masks, known), _ = next(iter(ds))
     # Stored 0/255: both lungs present in every image after scaling and binarising; the heart

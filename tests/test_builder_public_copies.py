@@ -5,10 +5,11 @@ mixed in one folder)."""
 import numpy as np
 import pytest
 
-import builder_fixtures as bf
 from cxr_tf.data import datasets, pipeline
 from cxr_tf.data import features as fk
 from cxr_tf.data.builders import jsrt_scr, montgomery, shenzhen
+
+import builder_fixtures as bf
 
 SIZE = 64
 

@@ -10,8 +10,9 @@ import numpy as np
 import pydicom
 import pytest
 
-import serving_fixtures as sf
 from cxr_tf.serving import predict
+
+import serving_fixtures as sf
 
 
 def window(values, center, width):
@@ -209,7 +210,7 @@ def test_predictions_do_not_depend_on_polarity_or_container(tiny_segmenter_path,
                                                             display16):
     """MONOCHROME1 and MONOCHROME2 twins predict alike, and like a 16-bit PNG of the pixels."""
     _, export_path = sf.tiny_export(tiny_segmenter_path, tmp_path_factory, resize_size=80)
-    predictor = predict.Predictor(export_path)
+    predictor = predict.FilePredictor(export_path)
     mono2 = sf.make_dicom(tmp_path / "m2.dcm", display16, "MONOCHROME2", 16,
                           WindowCenter=30000, WindowWidth=50000)
     mono1 = sf.make_dicom(tmp_path / "m1.dcm", 65535 - display16, "MONOCHROME1", 16,

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import builder_fixtures as bf
-from cxr_tf import configs, labels, workflow
-from cxr_tf.data import datasets
+from cxr_tf import configs, labels, saved_models, workflow
+from cxr_tf.data import datasets, pipeline
 from cxr_tf.data.builders import chestxray14
 from cxr_tf.evaluation import inference
 from cxr_tf.evaluation import report as report_lib
 from cxr_tf.models import UNetSegmenter
+
+import builder_fixtures as bf
 from evaluation_helpers import save_tiny_classifier
 
 
@@ -56,7 +57,7 @@ def test_keras_and_saved_model_give_the_same_report(tiny_run, tiny_config, tiny_
 
     # Thresholds are Youden's J on validation, recomputed here from the model's own outputs.
     predictor = inference.load_predictor(model, resize_size=64)
-    val = inference.predict(predictor, inference.examples_dataset(tiny_builder, "validation"))
+    val = inference.predict(predictor, pipeline.examples_dataset(tiny_builder, "validation"))
     from cxr_tf.evaluation import metrics
     np.testing.assert_allclose([c["threshold"] for c in clf["classes"]],
                                metrics.youden_thresholds(val["labels"], val["probabilities"]))
@@ -74,7 +75,7 @@ def test_keras_and_saved_model_give_the_same_report(tiny_run, tiny_config, tiny_
         assert a["ids"] == b["ids"]
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)
     # The export base directory resolves to its newest version.
-    assert inference.resolve_saved_model(os.path.dirname(export)) == export
+    assert saved_models.resolve_version(os.path.dirname(export)) == export
 
 
 def test_markdown_shows_published_means_beside_ours_and_never_invents_per_class_values(
@@ -149,7 +150,7 @@ def test_bad_inputs_get_clear_errors(tiny_run, tiny_config, tiny_builder, tiny_s
     with pytest.raises(FileNotFoundError, match="saved_model.pb"):
         inference.load_predictor(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="no box features"):
-        inference.examples_dataset(tiny_builder, "test", with_boxes=True)
+        pipeline.examples_dataset(tiny_builder, "test", with_boxes=True)
     with pytest.raises(ValueError, match="Nothing to evaluate"):
         workflow.evaluate(None, tiny_builder, tiny_config, str(tmp_path / "x"))
     with pytest.raises(ValueError, match="signature"):

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import serving_fixtures as sf
 from cxr_tf import labels
 from cxr_tf.data import datasets, pipeline
 from cxr_tf.data import features as fk
 from cxr_tf.serving import export as export_lib
+
+import serving_fixtures as sf
 
 OUTPUTS = ("probabilities", "decisions", "mask_coverage", "low_mask_coverage",
            "class_activation_maps", "grid_mask", "anatomy_ok", "anatomy_reason")

@@ -50,9 +50,8 @@ def test_classification_parser_decodes_a_hand_built_record_to_its_literal_vector
 
 def test_evaluation_reads_labels_in_the_same_literal_order(monkeypatch):
     from cxr_tf.data import datasets
-    from cxr_tf.evaluation import inference
     vector = [1, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]  # Atelectasis, Effusion, Pneumothorax
     monkeypatch.setattr(datasets, "load_split",
                         lambda builder, split: tf.data.Dataset.from_tensors(_example(vector)))
-    batch = next(iter(inference.examples_dataset(None, "test")))
+    batch = next(iter(pipeline.examples_dataset(None, "test")))
     np.testing.assert_array_equal(batch["labels"].numpy()[0], vector)

@@ -9,7 +9,8 @@ from cxr_tf.models.layers import FeatureWeighting, GreyToBackboneInput, MultiSca
 
 
 def conv_same(x, kernel):
-    """Reference 'same' cross-correlation (zero padding): x (H, W, Cin), kernel (kh, kw, Cin, Co)."""
+    """Reference 'same' cross-correlation (zero padding): x (H, W, Cin), kernel (kh, kw, Cin,
+    Co)."""
     out = np.zeros(x.shape[:2] + (kernel.shape[-1],))
     for o in range(kernel.shape[-1]):
         for c in range(x.shape[-1]):

@@ -53,9 +53,9 @@ def test_segmenter_learns_each_structure_on_its_own_side(floor_run):
         assert scores[name]["dice"] >= floor, (name, scores[name])
     # The patient's left lung is on the image's right: a channel swap anywhere would put the
     # predicted "left_lung" on the image's left (and still score well against swapped truth).
-    from cxr_tf.evaluation import inference
+    from cxr_tf.data import pipeline
     from cxr_tf.models import load_model
-    images, _, _ = next(iter(inference.segmentation_dataset(builder, "test", 32)[0]))
+    images, _, _ = next(iter(pipeline.segmentation_dataset(builder, "test", 32)[0]))
     probs = np.asarray(load_model(path)(images, training=False))
     columns = np.arange(32)[None, None, :]
     left_x = (probs[..., 0] * columns).sum() / probs[..., 0].sum()

@@ -28,7 +28,8 @@ def test_perfect_and_empty_predictions():
 
 def test_per_example_without_reduction():
     y = np.ones((3, 2, 2, 1), "float32")
-    p = np.stack([np.ones((2, 2, 1)), np.zeros((2, 2, 1)), np.full((2, 2, 1), 0.5)]).astype("float32")
+    p = np.stack([np.ones((2, 2, 1)), np.zeros((2, 2, 1)),
+                  np.full((2, 2, 1), 0.5)]).astype("float32")
     per_example = np.asarray(SoftDiceLoss(smooth=0.0, reduction=None)(y, p))
     np.testing.assert_allclose(per_example, [0.0, 1.0, 1 - 2 / 3], rtol=1e-6)
 
@@ -72,6 +73,7 @@ def test_partial_dice_scores_only_known_targets_golden_values():
 
 def test_partial_dice_gives_the_heart_no_gradient_from_lungs_only_images():
     import tensorflow as tf
+
     from cxr_tf.models.losses import partial_dice_loss
     truth = np.zeros((2, 4, 4, 4), "float32")
     truth[:, :, :2, 1] = truth[:, :, 2:, 0] = truth[:, :, :, 3] = 1

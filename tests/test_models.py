@@ -6,9 +6,17 @@ import pytest
 import tensorflow as tf
 
 from cxr_tf import labels
-from cxr_tf.models import (CXRClassifier, FeatureWeighting, MultiScaleAttention, SoftDiceLoss,
-                           UNetSegmenter, build_classifier, load_model)
+from cxr_tf.models import (
+    CXRClassifier,
+    FeatureWeighting,
+    MultiScaleAttention,
+    SoftDiceLoss,
+    UNetSegmenter,
+    build_classifier,
+    load_model,
+)
 from cxr_tf.models import classifier as classifier_lib
+
 from model_harness import assert_config_round_trip, assert_saved_model_round_trip
 
 SIZE = 64

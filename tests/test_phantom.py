@@ -26,7 +26,8 @@ def test_masks_are_exact_anatomy():
         assert left.sum() > 500 and right.sum() > 500 and heart.sum() > 300
         cols = np.arange(128)
         # Patient's left lung is on the image's right.
-        assert (cols[None, :] * left).sum() / left.sum() > 64 > (cols[None, :] * right).sum() / right.sum()
+        left_x = (cols[None, :] * left).sum() / left.sum()
+        assert left_x > 64 > (cols[None, :] * right).sum() / right.sum()
         assert not (left & right).any()
         assert not ((left | right) & heart).any()  # lung fields exclude the heart shadow
         # Lungs are dark: mean intensity inside lungs well below the mediastinum/heart.

@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-import serving_fixtures as sf
 from cxr_tf.serving import overlay, predict
+
+import serving_fixtures as sf
 
 KEYS = {"file", "format", "probabilities", "positive_findings", "mask_coverage"}
 
@@ -22,7 +23,7 @@ def export_path(tiny_segmenter_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(export_path):
-    return predict.Predictor(export_path)
+    return predict.FilePredictor(export_path)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,7 @@ def test_low_coverage_warning(predictor, tmp_path):
     path = sf.write(str(tmp_path / "a.png"), sf.encode(sf.radiograph(64, 64), "png"))
     quiet = predictor.predict_file(path)
     assert "warning" not in quiet or quiet["mask_coverage"] < predictor.warn_coverage
-    strict = predict.Predictor.__new__(predict.Predictor)
+    strict = predict.FilePredictor.__new__(predict.FilePredictor)
     strict.__dict__.update(predictor.__dict__, warn_coverage=1.01)
     warned = strict.predict_file(path)
     assert warned["warning"].startswith("low mask coverage")
@@ -164,16 +165,16 @@ def test_overlay_maps_the_crop_back_onto_the_image():
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    from cxr_tf import files
     target = tmp_path / "out.jsonl"
 
-    def fail(f):
-        f.write(b"partial")
-        raise RuntimeError("disk on fire")
-
     with pytest.raises(RuntimeError):
-        predict.atomic_write(str(target), fail)
+        with files.atomic_path(str(target)) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"partial")
+            raise RuntimeError("disk on fire")
     assert os.listdir(tmp_path) == []
-    predict.atomic_write(str(target), lambda f: f.write(b"ok\n"))
+    files.write_bytes_atomic(str(target), b"ok\n")
     assert target.read_bytes() == b"ok\n" and os.listdir(tmp_path) == ["out.jsonl"]
 
 
@@ -181,7 +182,7 @@ def test_non_chest_inputs_get_no_findings_and_a_reason(tmp_path_factory, tmp_pat
     # Thresholds 0 (every finding passes) and a segmenter that sees a chest in any bright image:
     # only the anatomy check can withhold the findings.
     _, path = sf.region_export(tmp_path_factory)
-    predictor = predict.Predictor(path)
+    predictor = predict.FilePredictor(path)
     bright = sf.write(str(tmp_path / "bright.png"), sf.encode(np.full((64, 64), 230, np.uint8),
                                                               "png"))
     blank = sf.write(str(tmp_path / "blank.png"), sf.encode(np.zeros((64, 64), np.uint8), "png"))
@@ -209,7 +210,7 @@ def test_a_cmyk_jpeg_is_predicted_not_called_corrupt(predictor, tmp_path):
 
 def test_dicom_over_the_pixel_limit_is_refused_before_decoding(tmp_path_factory, tmp_path):
     _, path = sf.region_export(tmp_path_factory, max_image_pixels=5000)
-    predictor = predict.Predictor(path)
+    predictor = predict.FilePredictor(path)
     big = sf.make_dicom(str(tmp_path / "big.dcm"), np.zeros((100, 60), np.uint16) + 7)
     with pytest.raises(ValueError, match=r"big.dcm: 100 x 60 = 6,000 pixels; the model accepts "
                                          r"at most 5,000"):

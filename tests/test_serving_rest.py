@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import serving_fixtures as sf
 from cxr_tf import labels
 from cxr_tf.serving import rest
+
+import serving_fixtures as sf
 
 OUTPUTS = ["anatomy_ok", "anatomy_reason", "class_activation_maps", "decisions", "grid_mask",
            "low_mask_coverage", "mask_coverage", "probabilities"]

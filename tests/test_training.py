@@ -122,6 +122,7 @@ def test_validation_traces_the_model_once_per_image_shape(tiny_builder, tmp_path
 
 def test_inference_runner_counts_one_trace_per_shape():
     import tensorflow as tf
+
     from cxr_tf.evaluation import inference
     model = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(2, 3),
                               keras.layers.GlobalAveragePooling2D()])

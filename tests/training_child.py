@@ -59,11 +59,12 @@ def read_scalars(event_dir, tag):
 
 
 def record_inputs(path):
-    """Makes train.epoch_input write, the first time an epoch-0 input pipeline is built, the
+    """Makes pipeline.epoch_input write, the first time an epoch-0 input pipeline is built, the
     pixel sums of the examples that pipeline yields (one JSON list) to `path`."""
     import tensorflow as tf
-    from cxr_tf.training import train
-    real = train.epoch_input
+
+    from cxr_tf.data import pipeline
+    real = pipeline.epoch_input
 
     def recording(*args, **kwargs):
         epoch_input = real(*args, **kwargs)
@@ -82,7 +83,7 @@ def record_inputs(path):
         epoch_input.dataset_fn = dataset_fn
         return epoch_input
 
-    train.epoch_input = recording
+    pipeline.epoch_input = recording
 
 
 def trajectory(out, data_root, segmenter, runs, seeds=(0,), epochs=2):
@@ -116,6 +117,7 @@ def validation(out):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
+
     from cxr_tf.evaluation import inference
     from cxr_tf.training import strategies
     rng = np.random.default_rng(0)
@@ -146,6 +148,7 @@ def validation(out):
 
 def worker(out, data_root, segmenter):
     import numpy as np
+
     from cxr_tf.training import loop, strategies, train
     strategy = strategies.make_strategy("multi_worker")
     fit = loop.Trainer.fit

@@ -7,6 +7,7 @@ import shutil
 import tensorflow_datasets as tfds
 
 from cxr_tf import files
+
 # Importing a builder module registers it with TFDS.
 from cxr_tf.data.builders import chestxray14, jsrt_scr, montgomery, shenzhen, synthetic_cxr
 from cxr_tf.data.builders._common import DataError

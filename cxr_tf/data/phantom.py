@@ -22,7 +22,8 @@ from cxr_tf import labels as labels_lib
 
 # Prevalence of each finding (order of labels.FINDINGS). The ranking follows ChestX-ray14
 # (Infiltration most common, Hernia rarest) but the range is compressed so that a test split of a
-# few hundred phantoms still holds positives of every class; real prevalences run from 17.7% to 0.2%.
+# few hundred phantoms still holds positives of every class; real prevalences run from 17.7% to
+# 0.2%.
 DEFAULT_PREVALENCE = (
     0.12,  # Atelectasis
     0.07,  # Cardiomegaly
@@ -51,7 +52,8 @@ CO_OCCURRENCE = (
 
 # Shortcut tags: one small square per finding in a strip below the diaphragm, well outside the
 # lungs and heart, like a marker a hospital burns into images of sick patients.
-SHORTCUT_AGREEMENT = 0.95  # P(tag drawn | finding present) and P(no tag | finding absent), train/val.
+# P(tag drawn | finding present) and P(no tag | finding absent), train and validation.
+SHORTCUT_AGREEMENT = 0.95
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +91,8 @@ def sample_labels(rng, prevalence=DEFAULT_PREVALENCE):
 
 
 def sample_anatomy(rng, y):
-    """Draws anatomy for a case; findings that change anatomy (heart size, lung volume) apply here."""
+    """Draws anatomy for a case; findings that change anatomy (heart size, lung volume) apply
+    here."""
     u = rng.uniform
     a = dict(
         body_ax=u(0.40, 0.46),

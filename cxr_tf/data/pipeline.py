@@ -12,13 +12,16 @@ Every dataset yields batches of `(image, target)`:
 """
 
 import dataclasses
+import functools
+import logging
 
 import tensorflow as tf
 
 from cxr_tf import labels as labels_lib
-from cxr_tf.data import augment
+from cxr_tf.data import augment, datasets, preprocessing
 from cxr_tf.data import features as fk
-from cxr_tf.data import preprocessing
+
+log = logging.getLogger("cxr_tf")
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -185,7 +188,8 @@ def segmentation_targets(example):
 
     Returns {"image": (H, W, 1) uint8, "masks": (H, W, 4) uint8 0/255 in
     labels.SEGMENTATION_TARGETS order (left lung, right lung, heart, both lungs), "known": (4,)
-    float32, 1 where the data set labels that target, and "image_id" when the example has one}. Data sets with `masks` (jsrt_scr,
+    float32, 1 where the data set labels that target, and "image_id" when the example has
+    one}. Data sets with `masks` (jsrt_scr,
     synthetic_cxr) know all four (both lungs = left | right); lungs-only data sets (montgomery,
     shenzhen) know both lungs, the sides where `lung_sides` says so, and never the heart.
 
@@ -259,3 +263,199 @@ def make_dataset(examples, parse_fn, batch_size, training, aug=NO_AUGMENTATION, 
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=training)
     return ds.prefetch(AUTOTUNE)
+
+
+# ---- The streams of a run: training epochs, validation and evaluation batches ------------------
+
+# Batch size of validation and evaluation passes: inference only, so larger than training batches.
+EVAL_BATCH = 64
+# Shuffle buffer of the training stream (examples).
+SHUFFLE_BUFFER = 2048
+
+
+class EpochInput:
+    """Training data whose every epoch is a fixed sequence of batches, for exact resumption.
+
+    Args:
+      dataset_fn: `fn(epoch, start_step, input_context) -> tf.data.Dataset` yielding the
+        (image, target) batches of `epoch` (0-based) that follow its first `start_step` global
+        steps, batched per replica (`input_context.get_per_replica_batch_size(global_batch)`) and
+        sharded per input pipeline (`input_context.input_pipeline_id` of
+        `input_context.num_input_pipelines`). It must give the same batches every time it is
+        called with the same arguments, and exactly `steps_per_epoch - start_step` batches per
+        replica, on every worker (otherwise workers wait for each other forever).
+      steps_per_epoch: global steps in one epoch.
+      global_batch_size: examples per global step, over all replicas.
+    """
+
+    def __init__(self, dataset_fn, steps_per_epoch, global_batch_size):
+        self.dataset_fn = dataset_fn
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.global_batch_size = int(global_batch_size)
+
+
+def epoch_seed(seed, epoch):
+    """The shuffle/augmentation seed of one epoch: a fixed function of (seed, epoch)."""
+    return (int(seed) * 1_000_003 + int(epoch) + 1) % (2 ** 62)
+
+
+def epoch_input(config, examples, num_examples, parse_fn, aug, global_batch_size):
+    """A loop.EpochInput over decoded examples: per-epoch seeded shuffle and augmentation.
+
+    Epoch e shuffles the (optionally cached) examples with seed epoch_seed(config.seed, e),
+    pairs each with a per-example augmentation seed from the same stream, keeps the first
+    `steps_per_epoch * global_batch_size` (drop-remainder), skips those of already trained
+    steps, shards them over input pipelines (workers) element by element, parses, and batches
+    per replica. Every worker therefore trains on its share of the very same global batches a
+    single device would see, in the same order.
+
+    Args:
+      config: ExperimentConfig (seed, data.cache).
+      examples: tf.data.Dataset of decoded examples (e.g. `datasets.load_split(builder,
+        "train")`) in a fixed order.
+      num_examples: how many it holds.
+      parse_fn: `fn(example, aug=..., seed=...) -> (image, target)`.
+      aug: pipeline.Augmentation.
+      global_batch_size: examples per global step.
+    """
+    if config.data.cache:
+        examples = examples.cache()  # shared by the datasets of all epochs
+    steps = int(num_examples) // global_batch_size
+    seed = config.seed
+
+    def dataset_fn(epoch, start_step, ctx):
+        s = epoch_seed(seed, epoch)
+        ds = examples.shuffle(SHUFFLE_BUFFER, seed=s, reshuffle_each_iteration=False)
+        seeds = tf.data.Dataset.random(seed=s).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+        ds = ds.take(steps * global_batch_size).skip(start_step * global_batch_size)
+        if ctx.num_input_pipelines > 1:
+            ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+        ds = ds.map(lambda example, s_: parse_fn(example, aug=aug, seed=s_),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(ctx.get_per_replica_batch_size(global_batch_size), drop_remainder=True)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return EpochInput(dataset_fn, steps, global_batch_size)
+
+
+def split_examples(builder, split):
+    """(decoded examples of a split in stored order, their number)."""
+    return datasets.load_split(builder, split), builder.info.splits[split].num_examples
+
+
+def segmentation_train_examples(builders, repeats):
+    """The training examples of several segmentation data sets in one stream.
+
+    Each source is put in the common layout of segmentation_targets (image, masks over
+    the four targets, known flags), repeated `repeats[name]` times, and the sources are
+    concatenated in the given order (the epoch's shuffle mixes them).
+
+    Returns:
+      (examples, number of examples, {name: examples per epoch}).
+    """
+    stream, total, per_source = None, 0, {}
+    for name, builder in builders.items():
+        examples, n = split_examples(builder, "train")
+        examples = examples.map(segmentation_targets,
+                                num_parallel_calls=tf.data.AUTOTUNE)
+        examples = examples.repeat(repeats[name])
+        per_source[name] = n * repeats[name]
+        total += per_source[name]
+        stream = examples if stream is None else stream.concatenate(examples)
+    return stream, total, per_source
+
+
+def classification_dataset(config, builder, split, training, with_ids=False, batch_size=None):
+    """(image, labels[, id]) batches for the classifier."""
+    clf = config.classifier
+    parse = functools.partial(parse_classification, size=clf.input_size,
+                              resize_size=clf.resize_size)
+    aug = Augmentation(min_crop_fraction=clf.min_crop_fraction,
+                                brightness=clf.brightness, contrast=clf.contrast)
+    return make_dataset(
+        datasets.load_split(builder, split), parse,
+        batch_size or (clf.batch_size if training else EVAL_BATCH), training, aug=aug,
+        seed=config.seed, cache=config.data.cache, with_ids=with_ids)
+
+
+def segmentation_validation_sets(config, builders):
+    """{data set name: (image, (masks, known)) validation batches at the segmenter's input size}
+    for every source that has a validation split."""
+    out = {}
+    for name, builder in builders.items():
+        if "validation" not in builder.info.splits:
+            log.warning("%s has no validation split: it does not take part in model selection",
+                        builder.info.full_name)
+            continue
+        ds, _ = segmentation_dataset(builder, "validation", config.segmenter.input_size,
+                                               batch_size=EVAL_BATCH)
+        out[name] = ds.map(lambda x, t, ids: (x, t))
+    if not out:
+        raise ValueError("No segmentation data set has a validation split to select on")
+    return out
+
+
+def examples_dataset(builder, split, batch_size=64, with_boxes=False):
+    """Batches of a split as stored (no resizing: predictors preprocess themselves).
+
+    Each element is a dict: "image" (B, H, W, 1) float32 in [0, 1], "labels" (B, 14) float32,
+    "image_id" (B,) string and, with `with_boxes`, "boxes" (B, N, 4) float32 [x, y, w, h] in
+    pixels of the stored image and "box_labels" (B, N) int32 finding indices, padded with -1.
+    """
+    examples = datasets.load_split(builder, split)
+    if with_boxes:
+        missing = [k for k in (fk.BOXES, fk.BOX_LABELS) if k not in builder.info.features]
+        if missing:
+            raise ValueError(f"{builder.info.full_name} has no box features ({', '.join(missing)}"
+                             f"): localisation needs a data set with ground-truth boxes")
+
+    def parse(ex):
+        out = {"image": preprocessing.to_float(ex[fk.IMAGE]),
+               "labels": tf.cast(ex[fk.LABELS], tf.float32), "image_id": ex[fk.IMAGE_ID]}
+        if with_boxes:
+            out["boxes"] = tf.reshape(tf.cast(ex[fk.BOXES], tf.float32), [-1, 4])
+            out["box_labels"] = tf.cast(ex[fk.BOX_LABELS], tf.int32)
+        return out
+
+    ds = examples.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if with_boxes:
+        ds = ds.padded_batch(batch_size, padding_values={
+            "image": 0.0, "labels": 0.0, "image_id": "", "boxes": 0.0, "box_labels": -1})
+    else:
+        ds = ds.batch(batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def segmentation_dataset(builder, split, size, batch_size=64):
+    """(image, (masks, known), image_id) batches of a split with masks, at the segmenter's
+    input size.
+
+    Targets in labels.SEGMENTATION_TARGETS order (left lung, right lung, heart, both lungs) with
+    their per-image known flags (cxr_tf.data.pipeline.segmentation_targets): data sets with
+    `masks` (synthetic_cxr, jsrt_scr) label all four, lungs-only data sets (montgomery, shenzhen)
+    both lungs and, where the mask tells them apart, each lung. Images and masks are resized
+    together exactly as for training (cxr_tf.data.preprocessing.resize_and_crop), masks
+    binarised at 0.5.
+
+    Returns:
+      (dataset, names of the targets the data set can label: all four, or the three lung
+      targets for lungs-only data sets).
+    """
+    features = builder.info.features
+    if fk.MASKS in features:
+        structures = labels_lib.SEGMENTATION_TARGETS
+    elif fk.LUNGS in features:
+        structures = ("left_lung", "right_lung", labels_lib.LUNGS)
+    else:
+        raise ValueError(f"{builder.info.full_name} has no segmentation masks ({fk.MASKS!r} or "
+                         f"{fk.LUNGS!r}); score the segmenter on a data set with masks, e.g. "
+                         f"synthetic_cxr, jsrt_scr, montgomery or shenzhen (rebuild a montgomery "
+                         f"data set made by cxr_tf < 0.2)")
+
+    def parse(ex):
+        image, targets = parse_partial_segmentation(ex, size)
+        return image, targets, ex[fk.IMAGE_ID]
+
+    ds = datasets.load_split(builder, split).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), tuple(structures)

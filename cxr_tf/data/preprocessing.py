@@ -89,7 +89,8 @@ def resize_and_crop(image, size, resize_size=None, method="auto"):
     which is what the data set builders do offline with OpenCV's INTER_AREA
     (cxr_tf.data.builders._imaging.resize_image): the two agree to within 8-bit rounding, so a
     full-resolution image sent to the SavedModel is resized like the records the model was
-    trained on. Enlarging uses bilinear interpolation, again as the builders do. The result has a static spatial shape, which graph-mode code needs.
+    trained on. Enlarging uses bilinear interpolation, again as the builders do. The result has
+    a static spatial shape, which graph-mode code needs.
 
     Args:
       image: (H, W, C) or (B, H, W, C) float tensor.

@@ -1,9 +1,10 @@
-"""Ablation runner: CXR-IRNet, its two ablations and two baselines on the same data and seeds.
+"""Ablation tables: CXR-IRNet, its two ablations and two baselines on the same data and seeds.
 
-`run_ablation` trains every variant on one data set with one ExperimentConfig (same images, same
-seed, same epochs, optimiser and preprocessing), evaluates each on the test split with the
-evaluation report's rules (thresholds from validation, 95% bootstrap intervals), and writes one
-comparison table (ablation.md, ablation.json). Variants:
+`cxr_tf.workflow.run_ablation` trains every variant on one data set with one ExperimentConfig
+(same images, same seed, same epochs, optimiser and preprocessing) and evaluates each on the test
+split with the evaluation report's rules (thresholds from validation, 95% bootstrap intervals);
+this module turns the results into one comparison table (`summarise`: ablation.md,
+ablation.json). Variants:
 
   cxr_irnet      multi-scale attention + backbone + lung-and-heart feature weighting (the paper)
   no_weighting   without feature weighting (the paper's "without F_l")
@@ -26,13 +27,12 @@ import json
 import logging
 import math
 import os
-import time
 
 from cxr_tf import configs as configs_lib
+from cxr_tf import files, layout
 from cxr_tf import labels as labels_lib
 from cxr_tf.evaluation import metrics
 from cxr_tf.evaluation import report as report_lib
-from cxr_tf.training.loop import write_json_atomic
 
 log = logging.getLogger("cxr_tf")
 
@@ -68,7 +68,7 @@ def variant_config(config, variant, overrides=None):
 
 
 def _history_summary(run_dir):
-    path = os.path.join(run_dir, "history.json")
+    path = os.path.join(run_dir, layout.HISTORY)
     if not os.path.exists(path):
         return {"epochs": None, "train_seconds": None}
     with open(path) as f:
@@ -77,95 +77,46 @@ def _history_summary(run_dir):
             "train_seconds": float(sum(h.get("train_seconds", 0.0) for h in history))}
 
 
-def run_ablation(config, data_dir, work_dir, variants=VARIANTS, overrides=None,
-                 segmenter_path=None, n_resamples=1000, max_overlays=4, manual_dir=None,
-                 verbose=0):
-    """Trains and evaluates each variant on the same data; writes ablation.json and .md.
-
-    Re-running with the same work_dir resumes: finished trainings are reused (the training loop
-    restores its checkpoints), evaluation is repeated.
+def variant_row(variant, cfg, model, report, run_dir, eval_dir, wall_train, wall_eval):
+    """One row of the ablation table: the variant, its model and its test report.
 
     Args:
-      config: the shared ExperimentConfig (data, segmenter, classifier training, seed).
-      data_dir: where data sets are built.
-      work_dir: one subdirectory per variant (classifier_<variant>/, eval_<variant>/), the
-        segmenter (segmenter/) when trained here, and the summary files.
-      variants: which of VARIANTS to run, in table order.
-      overrides: per-variant ClassifierConfig fields (see `variant_config`).
-      segmenter_path: a trained segmenter for the weighting variants; trained here with
-        `config.segmenter` when None and needed.
-      n_resamples: bootstrap resamples of every interval.
-      max_overlays: CAM overlay PNGs per variant.
-      manual_dir: raw download of a real data set.
-      verbose: training progress bars (1) or per-epoch lines only (0).
-
-    Returns:
-      the summary dict (also in work_dir/ablation.json).
+      variant: the variant's name; cfg: its ExperimentConfig; model: its trained CXRClassifier.
+      report: the evaluation report dict of its test split; run_dir, eval_dir: its folders.
+      wall_train, wall_eval: wall seconds of its training and evaluation here.
     """
-    from cxr_tf import workflow
-    from cxr_tf.evaluation import inference
-    from cxr_tf.training import train
+    clf = report["classification"]
+    spec = configs_lib.VARIANTS[variant]
+    return {
+        "variant": variant, "description": spec.description,
+        "backbone": model.backbone_name, "input_size": cfg.classifier.input_size,
+        "attention": model.attention, "feature_weighting": model.feature_weighting,
+        "parameters": int(model.count_params()),
+        **_history_summary(run_dir), "wall_train_seconds": wall_train,
+        "wall_eval_seconds": wall_eval,
+        "val_mean_auroc": (clf.get("validation") or {}).get("mean_auroc"),
+        "test_mean_auroc": clf["mean_auroc"], "test_mean_auroc_ci": clf["mean_auroc_ci"],
+        "test_auroc": {c["name"]: c["auroc"] for c in clf["classes"]},
+        "mean_brier": clf["calibration"]["mean_brier"],
+        "mean_mask_coverage": clf["mask_coverage"]["mean"],
+        "paper_name": spec.paper_name,
+        "paper_mean_auroc": report_lib.PAPER_MEAN_AUROC.get(spec.paper_name or ""),
+        "model": layout.best_model(run_dir),
+        "report": os.path.join(eval_dir, layout.REPORT_MD),
+    }
 
-    variants = tuple(variants)
-    if not variants:
-        raise ValueError("No variant to run")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"Unknown variants {unknown}; expected some of {', '.join(VARIANTS)}")
-    os.makedirs(work_dir, exist_ok=True)
-    t_start = time.time()
-    builder = workflow.build_data(config, data_dir, manual_dir=manual_dir)
-    needs_segmenter = any(configs_lib.VARIANTS[v].feature_weighting for v in variants)
-    segmenter_seconds = 0.0
-    if needs_segmenter and segmenter_path is None:
-        t0 = time.time()
-        segmenter_path = train.train_segmenter(config, builder,
-                                               os.path.join(work_dir, "segmenter"),
-                                               verbose=verbose)
-        segmenter_seconds = time.time() - t0
 
-    rows, predictions = [], {}
-    for variant in variants:
-        cfg = variant_config(config, variant, overrides)
-        run_dir = os.path.join(work_dir, f"classifier_{variant}")
-        log.info("Ablation: %s (%s backbone, %d px)", variant,
-                 cfg.classifier.backbone or configs_lib.VARIANTS[variant].backbone,
-                 cfg.classifier.input_size)
-        t0 = time.time()
-        best = train.train_classifier(
-            cfg, builder, run_dir,
-            segmenter_path=(segmenter_path if configs_lib.VARIANTS[variant].feature_weighting
-                            else None),
-            verbose=verbose)
-        wall_train = time.time() - t0
-        eval_dir = os.path.join(work_dir, f"eval_{variant}")
-        t0 = time.time()
-        rep = workflow.evaluate(best, builder, cfg, eval_dir, split="test",
-                                n_resamples=n_resamples, max_overlays=max_overlays)
-        wall_eval = time.time() - t0
-        predictions[variant] = report_lib.read_predictions_csv(
-            os.path.join(eval_dir, "predictions.csv"))
-        predictor = inference.load_predictor(best, resize_size=cfg.classifier.resize_size)
-        clf = rep["classification"]
-        rows.append({
-            "variant": variant, "description": configs_lib.VARIANTS[variant].description,
-            "backbone": predictor.model.backbone_name, "input_size": cfg.classifier.input_size,
-            "attention": predictor.model.attention,
-            "feature_weighting": predictor.model.feature_weighting,
-            "parameters": int(predictor.model.count_params()),
-            **_history_summary(run_dir), "wall_train_seconds": wall_train,
-            "wall_eval_seconds": wall_eval,
-            "val_mean_auroc": (clf.get("validation") or {}).get("mean_auroc"),
-            "test_mean_auroc": clf["mean_auroc"], "test_mean_auroc_ci": clf["mean_auroc_ci"],
-            "test_auroc": {c["name"]: c["auroc"] for c in clf["classes"]},
-            "mean_brier": clf["calibration"]["mean_brier"],
-            "mean_mask_coverage": clf["mask_coverage"]["mean"],
-            "paper_name": configs_lib.VARIANTS[variant].paper_name,
-            "paper_mean_auroc": report_lib.PAPER_MEAN_AUROC.get(
-                configs_lib.VARIANTS[variant].paper_name or ""),
-            "model": best, "report": os.path.join(eval_dir, "report.md"),
-        })
+def summarise(config, dataset, rows, predictions, work_dir, overrides=None, segmenter_path=None,
+              segmenter_seconds=0.0, n_resamples=1000, wall_seconds=None):
+    """The ablation's summary: the rows, and for each pair that differs only by feature
+    weighting the paired bootstrap interval of the test mean-AUROC difference; written to
+    work_dir/ablation.json and ablation.md and returned.
 
+    Args:
+      config: the shared ExperimentConfig; dataset: the data set's full name.
+      rows: variant_row() of each variant, in table order.
+      predictions: {variant: read_predictions_csv() of its test predictions}.
+    """
     comparisons = []
     for with_w, without_w in WEIGHTING_PAIRS:
         if with_w in predictions and without_w in predictions:
@@ -178,24 +129,18 @@ def run_ablation(config, data_dir, work_dir, variants=VARIANTS, overrides=None,
             comparisons.append({"with_weighting": with_w, "without_weighting": without_w,
                                 "split": "test", **d})
     summary = {
-        "dataset": builder.info.full_name,
+        "dataset": dataset,
         "n_test_images": len(next(iter(predictions.values()))["ids"]),
         "config": configs_lib.to_dict(config),
         "overrides": overrides or {},
         "segmenter": segmenter_path, "segmenter_train_seconds": segmenter_seconds,
         "variants": rows, "weighting_effect": comparisons,
         "bootstrap": {"resamples": int(n_resamples), "seed": int(config.seed)},
-        "wall_seconds": time.time() - t_start,
+        "wall_seconds": wall_seconds,
     }
-    write_json_atomic(os.path.join(work_dir, SUMMARY_JSON), summary)
-    _write_text(os.path.join(work_dir, SUMMARY_MD), ablation_markdown(summary))
+    files.write_json_atomic(os.path.join(work_dir, SUMMARY_JSON), summary)
+    files.write_text_atomic(os.path.join(work_dir, SUMMARY_MD), ablation_markdown(summary))
     return summary
-
-
-def _write_text(path, text):
-    with open(f"{path}.tmp", "w") as f:
-        f.write(text)
-    os.replace(f"{path}.tmp", path)
 
 
 def _f(x, digits=4):
@@ -301,8 +246,8 @@ def compare_shortcut(clean, shortcut, out_dir, n_resamples=1000):
                   "rows": rows, "weighting_effect_clean": clean["weighting_effect"],
                   "weighting_effect_shortcut": shortcut["weighting_effect"]}
     os.makedirs(out_dir, exist_ok=True)
-    write_json_atomic(os.path.join(out_dir, COMPARISON_JSON), comparison)
-    _write_text(os.path.join(out_dir, COMPARISON_MD), shortcut_markdown(comparison))
+    files.write_json_atomic(os.path.join(out_dir, COMPARISON_JSON), comparison)
+    files.write_text_atomic(os.path.join(out_dir, COMPARISON_MD), shortcut_markdown(comparison))
     return comparison
 
 

@@ -5,6 +5,11 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from cxr_tf import labels as labels_lib
+from cxr_tf import saved_models
+from cxr_tf.data import preprocessing
+from cxr_tf.models import classifier as classifier_lib
+
 
 class InferenceRunner:
     """Runs one model in inference mode over datasets, tracing its step function once.
@@ -130,7 +135,7 @@ def collect(model, dataset, outputs_key=None):
 
 # ---- Classifiers as evaluation sees them: a .keras model or an exported SavedModel -----------
 
-SAVED_MODEL_SIGNATURES = ("predict_pixels", "serving_default")
+SAVED_MODEL_SIGNATURES = saved_models.PREDICTION_SIGNATURES
 
 
 class Predictor:
@@ -157,7 +162,6 @@ class Predictor:
     source = None
 
     def __init__(self, path, input_size, resize_size, label_names, name, feature_weighting):
-        from cxr_tf import labels as labels_lib
         labels_lib.check_label_names(label_names, what=f"classifier {path or name}")
         self.path = path
         self.input_size = int(input_size)
@@ -171,7 +175,6 @@ class Predictor:
 
     def model_inputs(self, images):
         """The images as the model sees them: (B, input_size, input_size, 1) numpy float32."""
-        from cxr_tf.data import preprocessing
         return preprocessing.resize_and_crop(tf.convert_to_tensor(images, tf.float32),
                                              self.input_size, self.resize_size).numpy()
 
@@ -191,8 +194,6 @@ class KerasPredictor(Predictor):
     source = "keras"
 
     def __init__(self, model, resize_size=None, path=None):
-        from cxr_tf.data import preprocessing
-        from cxr_tf.models import classifier as classifier_lib
         if not isinstance(model, classifier_lib.CXRClassifier):
             raise TypeError(f"KerasPredictor needs a cxr_tf CXRClassifier, got "
                             f"{type(model).__name__}")
@@ -224,11 +225,10 @@ class SavedModelPredictor(Predictor):
     source = "saved_model"
 
     def __init__(self, path, signature="predict_pixels"):
-        from cxr_tf.serving import export as export_lib
         if signature not in SAVED_MODEL_SIGNATURES:
             raise ValueError(f"signature must be one of {SAVED_MODEL_SIGNATURES}, got "
                              f"{signature!r}")
-        loaded, meta = export_lib.load_exported(path)
+        loaded, meta = saved_models.load_exported(path)
         super().__init__(path, meta["input_size"], meta["resize_size"], meta["label_names"],
                          meta.get("model_name", "saved_model"), meta.get("feature_weighting", True))
         self.signature = signature
@@ -241,7 +241,6 @@ class SavedModelPredictor(Predictor):
                 "version": self.metadata.get("version")}
 
     def __call__(self, images):
-        from cxr_tf.models import classifier as classifier_lib
         images = tf.convert_to_tensor(images, tf.float32)
         if self.signature == "predict_pixels":
             out = self._fn(images=images)
@@ -249,26 +248,9 @@ class SavedModelPredictor(Predictor):
             pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
             pngs = tf.map_fn(tf.io.encode_png, pixels, fn_output_signature=tf.string)
             out = self._fn(image_bytes=pngs)
-        keep = (classifier_lib.PROBABILITIES, classifier_lib.CAMS, classifier_lib.MASK_COVERAGE)
-        return {k: out[k].numpy() for k in keep}
-
-
-def resolve_saved_model(path):
-    """A SavedModel version directory from `path`: the directory itself when it holds
-    saved_model.pb, else its highest numeric version subdirectory (the one TF Serving serves).
-
-    Raises:
-      FileNotFoundError: when neither is there.
-    """
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = sorted((int(d) for d in os.listdir(path)
-                       if d.isdigit() and os.path.exists(os.path.join(path, d, "saved_model.pb"))))
-    if not versions:
-        raise FileNotFoundError(f"{path} is neither a SavedModel version directory (with "
-                                f"saved_model.pb) nor an export base directory holding numeric "
-                                f"version directories")
-    return os.path.join(path, str(versions[-1]))
+        keep = (classifier_lib.PROBABILITIES, classifier_lib.CAMS, classifier_lib.MASK_COVERAGE,
+                classifier_lib.GRID_MASK)  # grid_mask: exports written by cxr_tf >= 0.2
+        return {k: out[k].numpy() for k in keep if k in out}
 
 
 def load_predictor(path, resize_size=None, signature="predict_pixels"):
@@ -291,10 +273,9 @@ def load_predictor(path, resize_size=None, signature="predict_pixels"):
         raise FileNotFoundError(f"Model not found: {path} (expected a .keras classifier or an "
                                 f"exported SavedModel directory)")
     if os.path.isdir(path):
-        return SavedModelPredictor(resolve_saved_model(path), signature=signature)
+        return SavedModelPredictor(saved_models.resolve_version(path), signature=signature)
     if not path.endswith(".keras"):
         raise ValueError(f"{path} is neither a .keras file nor a SavedModel directory")
-    from cxr_tf.models import classifier as classifier_lib
     model = classifier_lib.load_model(path)
     if not isinstance(model, classifier_lib.CXRClassifier):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a classifier (to score a "
@@ -302,49 +283,13 @@ def load_predictor(path, resize_size=None, signature="predict_pixels"):
     return KerasPredictor(model, resize_size=resize_size, path=path)
 
 
-def examples_dataset(builder, split, batch_size=64, with_boxes=False):
-    """Batches of a split as stored (no resizing: predictors preprocess themselves).
-
-    Each element is a dict: "image" (B, H, W, 1) float32 in [0, 1], "labels" (B, 14) float32,
-    "image_id" (B,) string and, with `with_boxes`, "boxes" (B, N, 4) float32 [x, y, w, h] in
-    pixels of the stored image and "box_labels" (B, N) int32 finding indices, padded with -1.
-    """
-    from cxr_tf.data import datasets
-    from cxr_tf.data import features as fk
-    from cxr_tf.data import preprocessing
-
-    examples = datasets.load_split(builder, split)
-    if with_boxes:
-        missing = [k for k in (fk.BOXES, fk.BOX_LABELS) if k not in builder.info.features]
-        if missing:
-            raise ValueError(f"{builder.info.full_name} has no box features ({', '.join(missing)}"
-                             f"): localisation needs a data set with ground-truth boxes")
-
-    def parse(ex):
-        out = {"image": preprocessing.to_float(ex[fk.IMAGE]),
-               "labels": tf.cast(ex[fk.LABELS], tf.float32), "image_id": ex[fk.IMAGE_ID]}
-        if with_boxes:
-            out["boxes"] = tf.reshape(tf.cast(ex[fk.BOXES], tf.float32), [-1, 4])
-            out["box_labels"] = tf.cast(ex[fk.BOX_LABELS], tf.int32)
-        return out
-
-    ds = examples.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    if with_boxes:
-        ds = ds.padded_batch(batch_size, padding_values={
-            "image": 0.0, "labels": 0.0, "image_id": "", "boxes": 0.0, "box_labels": -1})
-    else:
-        ds = ds.batch(batch_size)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
 def predict(predictor, dataset, keep_cams=False):
-    """Runs a Predictor over `examples_dataset` batches.
+    """Runs a Predictor over `cxr_tf.data.pipeline.examples_dataset` batches.
 
     Returns:
       dict with "probabilities" (N, C), "labels" (N, C), "ids" (list of str), "mask_coverage"
       (N,) and, with `keep_cams`, "class_activation_maps" (N, h, w, C).
     """
-    from cxr_tf.models import classifier as classifier_lib
     probs, labels, ids, coverage, cams = [], [], [], [], []
     for batch in dataset:
         out = predictor(batch["image"])
@@ -362,42 +307,3 @@ def predict(predictor, dataset, keep_cams=False):
     if keep_cams:
         result["class_activation_maps"] = np.concatenate(cams)
     return result
-
-
-def segmentation_dataset(builder, split, size, batch_size=64):
-    """(image, (masks, known), image_id) batches of a split with masks, at the segmenter's
-    input size.
-
-    Targets in labels.SEGMENTATION_TARGETS order (left lung, right lung, heart, both lungs) with
-    their per-image known flags (cxr_tf.data.pipeline.segmentation_targets): data sets with
-    `masks` (synthetic_cxr, jsrt_scr) label all four, lungs-only data sets (montgomery, shenzhen)
-    both lungs and, where the mask tells them apart, each lung. Images and masks are resized
-    together exactly as for training (cxr_tf.data.preprocessing.resize_and_crop), masks
-    binarised at 0.5.
-
-    Returns:
-      (dataset, names of the targets the data set can label: all four, or the three lung
-      targets for lungs-only data sets).
-    """
-    from cxr_tf import labels as labels_lib
-    from cxr_tf.data import datasets
-    from cxr_tf.data import features as fk
-    from cxr_tf.data import pipeline
-
-    features = builder.info.features
-    if fk.MASKS in features:
-        structures = labels_lib.SEGMENTATION_TARGETS
-    elif fk.LUNGS in features:
-        structures = ("left_lung", "right_lung", labels_lib.LUNGS)
-    else:
-        raise ValueError(f"{builder.info.full_name} has no segmentation masks ({fk.MASKS!r} or "
-                         f"{fk.LUNGS!r}); score the segmenter on a data set with masks, e.g. "
-                         f"synthetic_cxr, jsrt_scr, montgomery or shenzhen (rebuild a montgomery "
-                         f"data set made by cxr_tf < 0.2)")
-
-    def parse(ex):
-        image, targets = pipeline.parse_partial_segmentation(ex, size)
-        return image, targets, ex[fk.IMAGE_ID]
-
-    ds = datasets.load_split(builder, split).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), tuple(structures)

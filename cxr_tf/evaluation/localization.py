@@ -28,12 +28,17 @@ the predicted probability (localisation given the label, as in the paper).
 
 import dataclasses
 import logging
+import os
 
 import cv2
 import numpy as np
+import tensorflow as tf
 
 from cxr_tf import labels as labels_lib
-from cxr_tf.evaluation import metrics
+from cxr_tf.data import preprocessing
+from cxr_tf.evaluation import metrics, plots
+from cxr_tf.models import classifier as classifier_lib
+from cxr_tf.models.layers import Resize
 
 log = logging.getLogger("cxr_tf")
 
@@ -100,7 +105,6 @@ def image_grid_mask(predictor, outputs, index):
     """The feature mask of image `index` in a predictor's outputs: the model's own grid mask
     when exposed (.keras), else recovered from the CAMs (SavedModels of weighted models), else
     None (models without feature weighting)."""
-    from cxr_tf.models import classifier as classifier_lib
     if not getattr(predictor, "feature_weighting", False):
         return None
     grid = outputs.get(classifier_lib.GRID_MASK)
@@ -134,6 +138,14 @@ def normalise_cam(cam):
     return (cam - lo) / (hi - lo)
 
 
+def cam_heatmap(cam, size, mask=None):
+    """The CAM as the box rule sees it: restricted to the mask, upsampled to (size, size) and
+    normalised to [0, 1] (steps 0-2 of the module docstring). An already upsampled map is only
+    restricted and normalised."""
+    cam = restrict_to_mask(np.asarray(cam, dtype=np.float32), mask)
+    return normalise_cam(cam if cam.shape == (size, size) else upsample_cam(cam, size))
+
+
 def cam_to_box(cam, size, threshold=DEFAULT_CAM_THRESHOLD, mask=None):
     """The predicted box of one class from its CAM (the rule in the module docstring).
 
@@ -149,8 +161,7 @@ def cam_to_box(cam, size, threshold=DEFAULT_CAM_THRESHOLD, mask=None):
     """
     if not 0.0 < float(threshold) <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    cam = restrict_to_mask(np.asarray(cam, dtype=np.float32), mask)
-    heat = normalise_cam(cam if cam.shape == (size, size) else upsample_cam(cam, size))
+    heat = cam_heatmap(cam, size, mask)
     if not heat.any():
         return None, heat
     binary = (heat >= threshold).astype(np.uint8)
@@ -273,7 +284,8 @@ def evaluate_localisation(predictor, box_batches, threshold=DEFAULT_CAM_THRESHOL
 
     Args:
       predictor: an inference.Predictor (a .keras classifier or an exported SavedModel).
-      box_batches: batches as made by `inference.examples_dataset(..., with_boxes=True)`, or any
+      box_batches: batches as made by
+        `cxr_tf.data.pipeline.examples_dataset(..., with_boxes=True)`, or any
         iterable of dicts with "image" (B, H, W, 1) float in [0, 1], "boxes" (B, N, 4) [x, y, w,
         h] in stored-image pixels, "box_labels" (B, N) (-1 = padding) and "image_id" (B,).
       threshold: CAM threshold of the box rule.
@@ -283,8 +295,6 @@ def evaluate_localisation(predictor, box_batches, threshold=DEFAULT_CAM_THRESHOL
     Returns:
       (summary dict as from `summarise` plus "overlays" (paths), list of per-box records).
     """
-    from cxr_tf.evaluation import plots
-    from cxr_tf.models import classifier as classifier_lib
 
     records, overlays = [], []
     for batch in box_batches:
@@ -305,7 +315,9 @@ def evaluate_localisation(predictor, box_batches, threshold=DEFAULT_CAM_THRESHOL
                 r["probability"] = float(out[classifier_lib.PROBABILITIES][b, r["class_index"]])
                 if overlay_dir and len(overlays) < max_overlays:
                     path = plots.cam_overlay(
-                        inputs[b, ..., 0], out[classifier_lib.CAMS][b, ..., r["class_index"]],
+                        inputs[b, ..., 0], cam_heatmap(
+                            out[classifier_lib.CAMS][b, ..., r["class_index"]],
+                            predictor.input_size, mask),
                         true_boxes=[geometry.to_input(r["true_box"])],
                         pred_box=(None if r["pred_box"] is None
                                   else geometry.to_input(r["pred_box"])),
@@ -324,7 +336,6 @@ def evaluate_localisation(predictor, box_batches, threshold=DEFAULT_CAM_THRESHOL
 
 def overlay_path(directory, index, record):
     """File name of an overlay PNG: <index>_<image id without extension>_<class>.png."""
-    import os
     stem = os.path.splitext(os.path.basename(record["image_id"]))[0] or "image"
     return os.path.join(directory, f"{index:03d}_{stem}_{record['class']}.png")
 
@@ -335,7 +346,8 @@ def overlay_positive_findings(predictor, batches, overlay_dir, threshold=DEFAULT
 
     Args:
       predictor: an inference.Predictor.
-      batches: `inference.examples_dataset` batches (dicts with "image", "labels", "image_id").
+      batches: `cxr_tf.data.pipeline.examples_dataset` batches (dicts with "image", "labels",
+        "image_id").
       overlay_dir: output folder.
       threshold: CAM threshold of the box rule.
       max_overlays: stop after this many PNGs.
@@ -344,8 +356,6 @@ def overlay_positive_findings(predictor, batches, overlay_dir, threshold=DEFAULT
     Returns:
       list of dicts: path, image_id, class, probability, pred_box (model-input pixels).
     """
-    from cxr_tf.evaluation import plots
-    from cxr_tf.models import classifier as classifier_lib
 
     wanted = {labels_lib.finding_index(n) for n in classes} if classes else None
     written = []
@@ -364,12 +374,12 @@ def overlay_positive_findings(predictor, batches, overlay_dir, threshold=DEFAULT
                 if len(written) >= max_overlays:
                     return written
                 cam = out[classifier_lib.CAMS][b, ..., c]
-                pred, _ = cam_to_box(cam, predictor.input_size, threshold, mask)
+                pred, heat = cam_to_box(cam, predictor.input_size, threshold, mask)
                 record = {"image_id": ids[b], "class": labels_lib.FINDINGS[c],
                           "probability": float(out[classifier_lib.PROBABILITIES][b, c]),
                           "pred_box": None if pred is None else [float(v) for v in pred]}
                 record["path"] = plots.cam_overlay(
-                    inputs[b, ..., 0], cam, pred_box=pred, mask=mask,
+                    inputs[b, ..., 0], heat, pred_box=pred, mask=mask,
                     title=f"{ids[b]}  {record['class']}  p={record['probability']:.2f}",
                     path=overlay_path(overlay_dir, len(written), record))
                 written.append(record)
@@ -483,7 +493,6 @@ def mask_keeps(union_maps, boxes, box_labels, geometries, grid, rules=None, imag
 def union_maps_of(segmenter, model_inputs):
     """The segmenter's union probability map (max over structures) of model-input images, at the
     segmenter's own side, resized exactly as inside the classifier (layers.Resize)."""
-    from cxr_tf.models.layers import Resize
     x = np.asarray(model_inputs, np.float32)
     if x.shape[1] != segmenter.input_size:
         x = np.asarray(Resize(segmenter.input_size)(x))
@@ -493,9 +502,6 @@ def union_maps_of(segmenter, model_inputs):
 def model_inputs(images, input_size, resize_size):
     """Stored images (B, H, W, 1) in [0, 1] -> the classifier's inputs, resized and centre-cropped
     as everywhere else (cxr_tf.data.preprocessing.resize_and_crop)."""
-    import tensorflow as tf
-
-    from cxr_tf.data import preprocessing
     return preprocessing.resize_and_crop(tf.convert_to_tensor(images, tf.float32), input_size,
                                          resize_size).numpy()
 
@@ -508,7 +514,7 @@ def evaluate_mask_keeps(input_size, resize_size, segmenter, box_batches, rules=N
     Args:
       input_size, resize_size: the classifier's geometry (e.g. a Predictor's).
       segmenter: the UNetSegmenter whose mask the classifier applies.
-      box_batches: `inference.examples_dataset(..., with_boxes=True)` batches.
+      box_batches: `cxr_tf.data.pipeline.examples_dataset(..., with_boxes=True)` batches.
       rules: grid rules (default MASK_RULES).
     """
     unions, boxes, labels, geometries, ids = [], [], [], [], []

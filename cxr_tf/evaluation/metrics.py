@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 from scipy import stats  # installed with scikit-learn
 from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
 
 
 def auroc_per_class(y_true, y_score):
@@ -308,8 +309,6 @@ def expected_calibration_error(y_true, y_prob, n_bins=10):
     Returns:
       float; NaN for an empty input.
     """
-    from sklearn.calibration import calibration_curve
-
     y_true = np.asarray(y_true).ravel()
     y_prob = np.asarray(y_prob, dtype=float).ravel()
     if y_true.shape != y_prob.shape:
@@ -342,8 +341,6 @@ def calibration_summary(y_true, y_prob, n_bins=10):
       probabilities from sklearn.calibration.calibration_curve: "mean_predicted",
       "fraction_positive", "count" per non-empty bin), and "n_bins".
     """
-    from sklearn.calibration import calibration_curve
-
     y_true = np.asarray(y_true)
     y_prob = np.asarray(y_prob, dtype=float)
     if y_true.shape != y_prob.shape or y_true.ndim != 2:

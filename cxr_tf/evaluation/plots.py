@@ -4,13 +4,15 @@ Figures are drawn with matplotlib's object-oriented API on the Agg canvas (no py
 no global backend switch), so this module is safe in servers, tests and notebooks alike.
 """
 
-import os
 
+import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from sklearn import metrics as skm
+
+from cxr_tf import files
 
 DPI = 110
 
@@ -22,10 +24,8 @@ def _new_figure(width, height):
 
 
 def _save(fig, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     return path
 
 
@@ -108,32 +108,27 @@ def reliability_figure(calibration, path, title=None):
     return _save(fig, path)
 
 
-def cam_overlay(image, cam, path, true_boxes=(), pred_box=None, mask=None, title=None):
+def cam_overlay(image, heat, path, true_boxes=(), pred_box=None, mask=None, title=None):
     """One overlay PNG: the model-input image, its class CAM, the mask, true and predicted boxes.
 
     Args:
       image: (S, S) model-input image in [0, 1].
-      cam: (h, w) CAM of the class on the feature grid (restricted to the mask, upsampled and
-        normalised here, as the box rule does).
+      heat: (S, S) the class CAM as the box rule sees it, in [0, 1] (restricted to the mask,
+        upsampled and normalised: localization.cam_heatmap).
       path: output PNG.
       true_boxes: [x, y, w, h] boxes in model-input pixels (green).
       pred_box: predicted [x, y, w, h] in model-input pixels (red, dashed), or None.
       mask: optional (h, w) grid mask applied to the features (outlined in cyan).
       title: panel title.
     """
-    from cxr_tf.evaluation import localization
-
     image = np.asarray(image, dtype=np.float32)
     size = image.shape[0]
-    heat = localization.normalise_cam(
-        localization.upsample_cam(localization.restrict_to_mask(cam, mask), size))
     fig = _new_figure(4.2, 4.4)
     ax = fig.subplots()
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
     ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=1)
     handles = []
     if mask is not None:
-        import cv2
         up = cv2.resize(np.asarray(mask, np.float32), (size, size),
                         interpolation=cv2.INTER_NEAREST)
         if 0 < up.sum() < up.size:

@@ -20,14 +20,15 @@ IoU per structure) and "meta" (model, source, data set, split, time).
 
 import csv
 import datetime
+import io
 import math
 import os
 
 import numpy as np
 
+from cxr_tf import files, layout
 from cxr_tf import labels as labels_lib
-from cxr_tf.evaluation import inference, metrics
-from cxr_tf.training.loop import write_json_atomic
+from cxr_tf.evaluation import inference, metrics, plots, screening
 
 # Fang et al. (2021), Table 2, mean AUROC on the official ChestX-ray14 test split, as published.
 # Quoted for comparison only: these were NOT measured by cxr_tf.
@@ -129,7 +130,7 @@ def evaluate_classifier(predictor, eval_ds, val_ds=None, n_resamples=1000, seed=
     Args:
       predictor: an inference.Predictor (a .keras classifier or an exported SavedModel), see
         inference.load_predictor.
-      eval_ds: `inference.examples_dataset` batches of the evaluated split.
+      eval_ds: `cxr_tf.data.pipeline.examples_dataset` batches of the evaluated split.
       val_ds: the same for the validation split: Youden's J thresholds per class and the
         validation AUROC (None: thresholds 0.5).
       n_resamples: bootstrap resamples for the confidence intervals (0 disables them).
@@ -164,7 +165,6 @@ def evaluate_classifier(predictor, eval_ds, val_ds=None, n_resamples=1000, seed=
 
 def write_figures(clf_report, y, p, out_dir, title=None):
     """roc.png (all classes) and reliability.png into out_dir; returns their file names."""
-    from cxr_tf.evaluation import plots
     names = labels_lib.FINDINGS
     auroc = [np.nan if c["auroc"] is None else c["auroc"] for c in clf_report["classes"]]
     ci = [(c["ci_low"], c["ci_high"]) for c in clf_report["classes"]]
@@ -202,7 +202,8 @@ def evaluate_segmenter(segmenter, seg_ds, structures=labels_lib.STRUCTURES, n_re
     Args:
       segmenter: a UNetSegmenter (outputs labels.STRUCTURES channels).
       seg_ds: batches of (image, (masks, known)[, image_id]) as made by
-        inference.segmentation_dataset, or (image, masks) with one mask channel per name of
+        cxr_tf.data.pipeline.segmentation_dataset, or (image, masks) with one mask channel per
+        name of
         `structures`.
       structures: the targets to score, from labels.SEGMENTATION_TARGETS ("lungs" = both lungs
         together; the segmenter's is the union of its two lungs). With "lungs" and "heart",
@@ -244,15 +245,14 @@ def evaluate_segmenter(segmenter, seg_ds, structures=labels_lib.STRUCTURES, n_re
 def write_predictions_csv(predictions, path):
     """One row per image: id, the 14 probabilities, the 14 labels."""
     names = labels_lib.FINDINGS
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image_id"] + [f"p_{n}" for n in names] + [f"y_{n}" for n in names])
-        ids = predictions["ids"] or [str(i) for i in range(len(predictions["labels"]))]
-        for i, image_id in enumerate(ids):
-            w.writerow([image_id] + [f"{v:.6f}" for v in predictions["probabilities"][i]]
-                       + [int(v) for v in predictions["labels"][i]])
-    os.replace(tmp, path)
+    out = io.StringIO(newline="")
+    w = csv.writer(out)
+    w.writerow(["image_id"] + [f"p_{n}" for n in names] + [f"y_{n}" for n in names])
+    ids = predictions["ids"] or [str(i) for i in range(len(predictions["labels"]))]
+    for i, image_id in enumerate(ids):
+        w.writerow([image_id] + [f"{v:.6f}" for v in predictions["probabilities"][i]]
+                   + [int(v) for v in predictions["labels"][i]])
+    files.write_text_atomic(path, out.getvalue())
 
 
 def read_predictions_csv(path):
@@ -474,7 +474,6 @@ def markdown(report):
         out += [f"![{o['class']}]({o['path']})" for o in cams["overlays"][:6]]
     screen = report.get("segmenter_screening")
     if screen:
-        from cxr_tf.evaluation import screening
         out += ["", "## Segmenter mask coverage", "", screening.coverage_markdown(screen)]
         if screen.get("contact_sheet"):
             out += ["", f"![contact sheet]({screen['contact_sheet']})"]
@@ -490,10 +489,7 @@ def write_report(report, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     report.setdefault("meta", {}).setdefault(
         "created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    json_path = os.path.join(out_dir, "report.json")
-    write_json_atomic(json_path, report)
-    md_path = os.path.join(out_dir, "report.md")
-    with open(f"{md_path}.tmp", "w") as f:
-        f.write(markdown(report))
-    os.replace(f"{md_path}.tmp", md_path)
+    json_path = os.path.join(out_dir, layout.REPORT_JSON)
+    files.write_json_atomic(json_path, report)
+    files.write_text_atomic(os.path.join(out_dir, layout.REPORT_MD), markdown(report))
     return json_path

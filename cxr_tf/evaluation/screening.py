@@ -17,10 +17,10 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf import files
-from cxr_tf.data import datasets
+from cxr_tf.data import datasets, preprocessing
 from cxr_tf.data import features as fk
-from cxr_tf.data import preprocessing
 from cxr_tf.evaluation import localization
+from cxr_tf.models.layers import Resize
 
 # Outline colours (BGR) of the contact sheet: left lung, right lung, heart; kept grid cells.
 COLOURS = ((60, 60, 255), (60, 220, 60), (255, 120, 40))
@@ -160,7 +160,6 @@ def contact_sheet(segmenter, builder, split, image_ids, path, input_size=224, re
 
 
 def _to_segmenter(segmenter, model_inputs):
-    from cxr_tf.models.layers import Resize
     if model_inputs.shape[1] == segmenter.input_size:
         return model_inputs
     return np.asarray(Resize(segmenter.input_size)(model_inputs))

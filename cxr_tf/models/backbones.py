@@ -29,7 +29,8 @@ def _dense_block(x, blocks, growth_rate, name):
     for i in range(blocks):
         y = keras.layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_block{i}_bn1")(x)
         y = keras.layers.ReLU(name=f"{name}_block{i}_relu1")(y)
-        y = keras.layers.Conv2D(4 * growth_rate, 1, use_bias=False, name=f"{name}_block{i}_conv1")(y)
+        y = keras.layers.Conv2D(4 * growth_rate, 1, use_bias=False,
+                                name=f"{name}_block{i}_conv1")(y)
         y = keras.layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_block{i}_bn2")(y)
         y = keras.layers.ReLU(name=f"{name}_block{i}_relu2")(y)
         y = keras.layers.Conv2D(growth_rate, 3, padding="same", use_bias=False,

@@ -1,13 +1,21 @@
 """CXR-IRNet and its ablations/baselines as one configurable Keras functional model."""
 
+import os
+import zipfile
+
 import keras
 from keras import ops
 
 from cxr_tf import configs
 from cxr_tf import labels as labels_lib
 from cxr_tf.models import backbones
-from cxr_tf.models.layers import (PACKAGE, FeatureWeighting, GreyToBackboneInput,
-                                  MultiScaleAttention, Resize)
+from cxr_tf.models.layers import (
+    PACKAGE,
+    FeatureWeighting,
+    GreyToBackboneInput,
+    MultiScaleAttention,
+    Resize,
+)
 from cxr_tf.models.unet import UNetSegmenter
 
 # The paper's model, its two ablations (Table 2) and its two baselines, by name (named records
@@ -189,8 +197,6 @@ def load_model(path):
       ValueError: naming the file, when it is not a Keras model file (empty, text, truncated,
         a directory) or holds something other than a cxr_tf classifier or segmenter.
     """
-    import os
-    import zipfile
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file (expected a .keras model saved by cxr_tf)")

@@ -18,7 +18,7 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 def _as_shape(input_shape):
-    # On reload Keras may hand `build` a list instead of a tuple (DESIGN.md section 4).
+    # On reload Keras may hand `build` a list instead of a tuple (docs/design.md).
     return tuple(input_shape)
 
 
@@ -43,7 +43,8 @@ class GreyToBackboneInput(keras.layers.Layer):
         input_shape = _as_shape(input_shape)
         if input_shape[-1] != 1:
             raise ValueError(
-                f"GreyToBackboneInput expects a one-channel image (..., 1), got shape {input_shape}")
+                f"GreyToBackboneInput expects a one-channel image (..., 1), got shape "
+                f"{input_shape}")
         self.built = True
 
     def call(self, x):

@@ -2,6 +2,7 @@
 
 from cxr_tf import labels as labels_lib
 from cxr_tf import pretrained
+from cxr_tf.models.classifier import load_model
 
 
 def load_pretrained_segmenter():
@@ -16,7 +17,6 @@ def load_pretrained_segmenter():
       from cxr_tf.models import build_classifier, load_pretrained_segmenter
       model = build_classifier("cxr_irnet", segmenter=load_pretrained_segmenter())
     """
-    from cxr_tf.models.classifier import load_model
     segmenter = load_model(pretrained.segmenter_path())
     if tuple(segmenter.structures) != labels_lib.STRUCTURES:  # load_model checks; belt and braces
         raise ValueError(f"The shipped segmenter outputs {segmenter.structures}")

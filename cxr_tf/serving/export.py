@@ -52,20 +52,24 @@ from cxr_tf import files
 from cxr_tf import labels as labels_lib
 from cxr_tf.data import preprocessing
 from cxr_tf.models import classifier as classifier_lib
+from cxr_tf.saved_models import (
+    ANATOMY_OK,
+    ANATOMY_REASON,
+    DECISIONS,
+    IMAGE_BYTES,
+    IMAGES,
+    LOW_MASK_COVERAGE,
+    METADATA,
+    METADATA_FILE,
+    METADATA_INPUT,
+    METADATA_JSON,
+    PREDICT_PIXELS,
+    SERVING_DEFAULT,
+    load_exported,
+    read_metadata,
+)
 from cxr_tf.serving import anatomy
 
-SERVING_DEFAULT = "serving_default"
-PREDICT_PIXELS = "predict_pixels"
-METADATA = "metadata"
-IMAGE_BYTES = "image_bytes"
-IMAGES = "images"
-DECISIONS = "decisions"
-LOW_MASK_COVERAGE = "low_mask_coverage"
-METADATA_INPUT = "ignored"
-METADATA_JSON = "metadata_json"
-ANATOMY_OK = "anatomy_ok"
-ANATOMY_REASON = "anatomy_reason"
-METADATA_FILE = os.path.join("assets.extra", "cxr_tf_metadata.json")
 EXPORT_LOCK = ".cxr_tf_export.lock"
 # Largest image accepted (height x width): a 6000 x 6000 film is 36 million pixels; decoded to
 # float32 one such image takes 144 MB, the limit 160 MB.
@@ -321,38 +325,7 @@ def _archive(model, serve_bytes, serve_pixels, metadata):
     return archive
 
 
-def read_metadata(loaded):
-    """The metadata dict stored in a loaded export's `metadata` signature."""
-    raw = loaded.signatures[METADATA](**{METADATA_INPUT: tf.constant(0)})
-    return json.loads(raw[METADATA_JSON].numpy().decode())
-
-
-def load_exported(path):
-    """Loads an exported version directory; returns (loaded SavedModel, metadata dict).
-
-    This is the loader TF Serving itself uses (`tf.saved_model.load`). The metadata comes from
-    the graph's `metadata` signature; the copy in assets.extra must agree with it.
-
-    Raises:
-      ValueError: naming the export, when its labels are not this version's label list or the
-        two metadata copies disagree.
-    """
-    loaded = tf.saved_model.load(path)
-    if METADATA not in loaded.signatures:
-        raise ValueError(f"{path} has no {METADATA!r} signature: not a cxr_tf export (its "
-                         f"signatures: {', '.join(loaded.signatures)})")
-    meta = read_metadata(loaded)
-    labels_lib.check_label_names(meta["label_names"], what=f"export {path}")
-    meta_path = os.path.join(path, METADATA_FILE)
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            side = json.load(f)
-        for key, value in meta.items():
-            if side.get(key) != value:
-                raise ValueError(f"{meta_path}: {key} is {side.get(key)!r} but the SavedModel "
-                                 f"says {value!r}; the files of {path} do not belong together")
-    base = os.path.basename(os.path.normpath(path))
-    if base.isdigit() and int(base) != meta["version"]:
-        log.warning("%s holds model version %d (the directory was renamed or copied)", path,
-                    meta["version"])
-    return loaded, meta
+__all__ = ["ANATOMY_OK", "ANATOMY_REASON", "DECISIONS", "IMAGE_BYTES", "IMAGES",
+           "LOW_MASK_COVERAGE", "METADATA", "METADATA_FILE", "METADATA_INPUT", "METADATA_JSON",
+           "PREDICT_PIXELS", "SERVING_DEFAULT", "check_encoded_images", "check_image_size",
+           "check_pixels", "export_classifier", "load_exported", "next_version", "read_metadata"]

@@ -35,8 +35,21 @@ def cam_on_image(cam, image_shape, input_size, resize_size):
     return np.clip(heat, 0.0, 1.0), valid
 
 
+def mask_on_image(mask, image_shape, input_size, resize_size):
+    """Maps the (h, w) grid mask the features were weighted with onto an (H, W) image frame:
+    (H, W) float32, 1 inside the kept cells, 0 elsewhere and outside the centre crop."""
+    height, width = image_shape
+    mask = np.asarray(mask, np.float32).reshape(np.shape(mask)[:2])
+    square = np.zeros((resize_size, resize_size), np.float32)
+    offset = (resize_size - input_size) // 2
+    crop = slice(offset, offset + input_size)
+    square[crop, crop] = cv2.resize(mask, (input_size, input_size),
+                                    interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(square, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
 def render_overlay(image, cams, probabilities, label_names, positive, input_size, resize_size,
-                   top_k=3, colormap="jet", alpha=0.45, title=None):
+                   top_k=3, colormap="jet", alpha=0.45, title=None, mask=None):
     """PNG bytes of a figure: the image, then one panel per top finding with its CAM on top.
 
     Args:
@@ -46,8 +59,10 @@ def render_overlay(image, cams, probabilities, label_names, positive, input_size
       input_size, resize_size: the export's geometry (metadata).
       top_k: number of findings shown, by probability.
       colormap: a matplotlib colour map name.
+      mask: optional (h, w[, 1]) grid mask the features were weighted with (the export's
+        `grid_mask` output); its outline is drawn in cyan on every panel.
     """
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # here, not at the top: matplotlib is slow to import
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -69,12 +84,19 @@ def render_overlay(image, cams, probabilities, label_names, positive, input_size
     axes = fig.subplots(1, panels, squeeze=False)[0]
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
     axes[0].set_title(title or "input", fontsize=9)
+    outline = None
+    if mask is not None:
+        outline = mask_on_image(mask, image.shape, input_size, resize_size)
+        if not 0 < outline.sum() < outline.size:
+            outline = None  # the whole frame or nothing: no outline to draw
     for ax, k in zip(axes[1:], order):
         heat, valid = cam_on_image(cams[..., k], image.shape, input_size, resize_size)
         rgba = cmap(heat)
         rgba[..., 3] = alpha * valid
         ax.imshow(image, cmap="gray", vmin=0, vmax=1)
         ax.imshow(rgba)
+        if outline is not None:
+            ax.contour(outline, levels=[0.5], colors="cyan", linewidths=1.0)
         mark = " (positive)" if label_names[k] in positive else ""
         ax.set_title(f"{label_names[k]} {float(probabilities[k]):.2f}{mark}", fontsize=9)
     for ax in axes:

@@ -11,34 +11,22 @@ never takes others down with it.
 """
 
 import os
-import tempfile
 import warnings
 
 import numpy as np
 import tensorflow as tf
 
+from cxr_tf import saved_models
+from cxr_tf.data import preprocessing
 from cxr_tf.models import classifier as classifier_lib
 from cxr_tf.serving import export as export_lib
+from cxr_tf.serving import rest
 
 ENCODED_SUFFIXES = (".png", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 SUFFIXES = ENCODED_SUFFIXES + DICOM_SUFFIXES
 PNG, JPEG, DICOM = "png", "jpeg", "dicom"
 DICOM_MAGIC_OFFSET = 128  # a DICOM file: 128-byte preamble, then b"DICM"
-
-
-def resolve_export(path):
-    """An export version directory; a base directory resolves to its highest numeric version."""
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    if os.path.isdir(path):
-        versions = sorted((int(d) for d in os.listdir(path) if d.isdigit()), reverse=True)
-        for v in versions:
-            candidate = os.path.join(path, str(v))
-            if os.path.exists(os.path.join(candidate, "saved_model.pb")):
-                return candidate
-    raise FileNotFoundError(f"No SavedModel at {path} (expected saved_model.pb in it or in a "
-                            f"numeric version subdirectory)")
 
 
 def sniff_format(head):
@@ -126,7 +114,7 @@ def read_dicom(path, max_pixels=None):
         compression pydicom cannot decode here), is colour, multi-frame or constant, or holds
         more than `max_pixels` pixels (Rows x Columns, read before the pixel data is decoded).
     """
-    import pydicom
+    import pydicom  # here, not at the top: only DICOM files need it (start-up time)
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
@@ -178,27 +166,8 @@ def read_dicom(path, max_pixels=None):
     return data[..., None].astype(np.float32)
 
 
-def atomic_write(path, write, mode="wb"):
-    """Calls write(file) on a temporary file beside `path`, then renames it to `path`; on any
-    error the temporary file is removed and `path` is untouched."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=directory)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-class Predictor:
-    """Runs an exported cxr_tf SavedModel on files.
+class FilePredictor:
+    """Runs an exported cxr_tf SavedModel on files (PNG, JPEG, DICOM).
 
     Args:
       export_path: an export version directory, or its base directory (highest version used).
@@ -208,7 +177,7 @@ class Predictor:
     """
 
     def __init__(self, export_path, warn_coverage=None):
-        self.path = resolve_export(export_path)
+        self.path = saved_models.resolve_version(export_path)
         self.loaded, self.meta = export_lib.load_exported(self.path)
         self._bytes_fn = self.loaded.signatures[export_lib.SERVING_DEFAULT]
         self._pixels_fn = self.loaded.signatures[export_lib.PREDICT_PIXELS]
@@ -348,11 +317,9 @@ class Predictor:
 
 
 def _op_message(error):
-    from cxr_tf.serving import rest
     return rest.op_error_message(error).splitlines()[0]
 
 
 def decode_for_display(data):
     """Encoded PNG/JPEG bytes -> (H, W, 1) float32 in [0, 1], by the model's own decoder."""
-    from cxr_tf.data import preprocessing
     return preprocessing.decode_image_bytes(tf.constant(data)).numpy()

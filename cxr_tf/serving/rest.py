@@ -51,6 +51,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from cxr_tf import saved_models
+
 log = logging.getLogger("cxr_tf")
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -413,17 +415,6 @@ _PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+))?:(classify|r
 _STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+))?", re.IGNORECASE)
 
 
-def latest_version(model_base_path):
-    """(version, path) of the highest numeric version directory holding a SavedModel."""
-    versions = sorted((int(d) for d in os.listdir(model_base_path) if d.isdigit()
-                       and os.path.exists(os.path.join(model_base_path, d, "saved_model.pb"))),
-                      reverse=True) if os.path.isdir(model_base_path) else []
-    if not versions:
-        raise FileNotFoundError(f"No servable version under {model_base_path}: expected numeric "
-                                f"subdirectories holding saved_model.pb (EXPORT_DIR/<version>/)")
-    return versions[0], os.path.join(model_base_path, str(versions[0]))
-
-
 # Defaults of the local server's limits (flags of cxr-rest): a request body of at most 32 MiB
 # (a 4,096 x 4,096 16-bit PNG is about 25 MiB once base64-encoded), 30 s to send a request,
 # 16 connections at a time (beyond them a 503 at once), 2 predictions at a time (a 2-core CPU).
@@ -472,7 +463,9 @@ class ModelServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
         self.model_name = model_name
-        self.version, path = latest_version(model_base_path)
+        path = saved_models.resolve_version(model_base_path)
+        name = os.path.basename(os.path.normpath(path))
+        self.version = int(name) if name.isdigit() else 1
         self.loaded = tf.saved_model.load(path)
         self.max_body_bytes = int(max_body_bytes)
         self.client_timeout = float(client_timeout)

@@ -39,14 +39,15 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from cxr_tf import files, layout
+from cxr_tf.data.pipeline import EpochInput
 from cxr_tf.training import strategies
 
 log = logging.getLogger("cxr_tf")
 
-BEST_MODEL = "best.keras"
-HISTORY = "history.json"
-CHECKPOINTS = "checkpoints"
-TENSORBOARD = "tensorboard"
+# File names of a run directory (defined in cxr_tf.layout).
+BEST_MODEL, HISTORY = layout.BEST_MODEL, layout.HISTORY
+CHECKPOINTS, TENSORBOARD = layout.CHECKPOINTS, layout.TENSORBOARD
 
 
 def is_chief(strategy):
@@ -58,14 +59,6 @@ def _interactive_stdout():
     """True in a terminal or a Jupyter kernel, where a redrawn progress bar reads well."""
     return ("ipykernel" in sys.modules
             or (hasattr(sys.stdout, "isatty") and sys.stdout.isatty()))
-
-
-def write_json_atomic(path, obj):
-    """Writes JSON through a temporary file so a crash never leaves a partial file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def summary_scalar(name, value, step):
@@ -80,35 +73,6 @@ def summary_scalar(name, value, step):
     metadata.data_class = summary_pb2.DATA_CLASS_SCALAR
     return tf.summary.write(name, tf.constant(float(value), tf.float32), step=step,
                             metadata=metadata)
-
-
-def save_model_atomic(model, path):
-    """Saves a .keras file through a temporary name in the same directory."""
-    directory, base = os.path.split(path)
-    tmp = os.path.join(directory, f".tmp-{base}")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-class EpochInput:
-    """Training data whose every epoch is a fixed sequence of batches, for exact resumption.
-
-    Args:
-      dataset_fn: `fn(epoch, start_step, input_context) -> tf.data.Dataset` yielding the
-        (image, target) batches of `epoch` (0-based) that follow its first `start_step` global
-        steps, batched per replica (`input_context.get_per_replica_batch_size(global_batch)`) and
-        sharded per input pipeline (`input_context.input_pipeline_id` of
-        `input_context.num_input_pipelines`). It must give the same batches every time it is
-        called with the same arguments, and exactly `steps_per_epoch - start_step` batches per
-        replica, on every worker (otherwise workers wait for each other forever).
-      steps_per_epoch: global steps in one epoch.
-      global_batch_size: examples per global step, over all replicas.
-    """
-
-    def __init__(self, dataset_fn, steps_per_epoch, global_batch_size):
-        self.dataset_fn = dataset_fn
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.global_batch_size = int(global_batch_size)
 
 
 class Trainer:
@@ -131,7 +95,7 @@ class Trainer:
       plateau: None, or (factor, patience, min_learning_rate): after `patience` epochs without a
         new best `select_metric`, multiply the learning rate by `factor` (not below the minimum).
         Needs a constant (not scheduled) optimizer learning rate.
-      save_model_fn: `fn(model, path)` writing best.keras (default: save_model_atomic).
+      save_model_fn: `fn(model, path)` writing best.keras (default: files.save_model_atomic).
       max_to_keep: checkpoints kept in work_dir/checkpoints.
       handle_preemption: install TensorFlow's PreemptionCheckpointHandler (SIGTERM and cloud
         maintenance notices: checkpoint at the next step, then exit for a restart).
@@ -163,7 +127,7 @@ class Trainer:
         self.sign = 1.0 if select_mode == "max" else -1.0
         self.checkpoint_every_steps = int(checkpoint_every_steps)
         self.plateau = plateau
-        self.save_model_fn = save_model_fn or save_model_atomic
+        self.save_model_fn = save_model_fn or files.save_model_atomic
         self.handle_preemption = handle_preemption
         self.chief = is_chief(strategy)
         self.jit_compile = bool(jit_compile)
@@ -430,7 +394,7 @@ class Trainer:
                                                    global_batch_size, validate, handler,
                                                    verbose))
                     if self.chief:
-                        write_json_atomic(self.history_path, history)
+                        files.write_json_atomic(self.history_path, history)
                     self.epoch.assign(epoch + 1)
                     self._position.update(step_in_epoch=0, epoch_loss_sum=0.0)
                     self.save_checkpoint()

@@ -22,9 +22,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cxr_tf import configs as configs_lib
+from cxr_tf import files, layout
 from cxr_tf import labels as labels_lib
-from cxr_tf.data import datasets, pipeline
 from cxr_tf.data import features as fk
+from cxr_tf.data import pipeline
 from cxr_tf.evaluation import inference, metrics
 from cxr_tf.models import classifier as classifier_lib
 from cxr_tf.models.losses import partial_dice_loss
@@ -33,114 +34,7 @@ from cxr_tf.training import loop, objectives, strategies
 
 log = logging.getLogger("cxr_tf")
 
-EXPERIMENT = "experiment.json"
-LABEL_COUNTS = "label_counts.json"
-# Batch size of validation passes: inference only, so larger than training batches.
-EVAL_BATCH = 64
-# Shuffle buffer of the training stream (examples).
-SHUFFLE_BUFFER = 2048
-
-
-def segmentation_validation_sets(config, builders):
-    """{data set name: (image, (masks, known)) validation batches at the segmenter's input size}
-    for every source that has a validation split."""
-    out = {}
-    for name, builder in builders.items():
-        if "validation" not in builder.info.splits:
-            log.warning("%s has no validation split: it does not take part in model selection",
-                        builder.info.full_name)
-            continue
-        ds, _ = inference.segmentation_dataset(builder, "validation", config.segmenter.input_size,
-                                               batch_size=EVAL_BATCH)
-        out[name] = ds.map(lambda x, t, ids: (x, t))
-    if not out:
-        raise ValueError("No segmentation data set has a validation split to select on")
-    return out
-
-
-def classification_dataset(config, builder, split, training, with_ids=False, batch_size=None):
-    """(image, labels[, id]) batches for the classifier."""
-    clf = config.classifier
-    parse = functools.partial(pipeline.parse_classification, size=clf.input_size,
-                              resize_size=clf.resize_size)
-    aug = pipeline.Augmentation(min_crop_fraction=clf.min_crop_fraction,
-                                brightness=clf.brightness, contrast=clf.contrast)
-    return pipeline.make_dataset(
-        datasets.load_split(builder, split), parse,
-        batch_size or (clf.batch_size if training else EVAL_BATCH), training, aug=aug,
-        seed=config.seed, cache=config.data.cache, with_ids=with_ids)
-
-
-def epoch_seed(seed, epoch):
-    """The shuffle/augmentation seed of one epoch: a fixed function of (seed, epoch)."""
-    return (int(seed) * 1_000_003 + int(epoch) + 1) % (2 ** 62)
-
-
-def epoch_input(config, examples, num_examples, parse_fn, aug, global_batch_size):
-    """A loop.EpochInput over decoded examples: per-epoch seeded shuffle and augmentation.
-
-    Epoch e shuffles the (optionally cached) examples with seed epoch_seed(config.seed, e),
-    pairs each with a per-example augmentation seed from the same stream, keeps the first
-    `steps_per_epoch * global_batch_size` (drop-remainder), skips those of already trained
-    steps, shards them over input pipelines (workers) element by element, parses, and batches
-    per replica. Every worker therefore trains on its share of the very same global batches a
-    single device would see, in the same order.
-
-    Args:
-      config: ExperimentConfig (seed, data.cache).
-      examples: tf.data.Dataset of decoded examples (e.g. `datasets.load_split(builder,
-        "train")`) in a fixed order.
-      num_examples: how many it holds.
-      parse_fn: `fn(example, aug=..., seed=...) -> (image, target)`.
-      aug: pipeline.Augmentation.
-      global_batch_size: examples per global step.
-    """
-    if config.data.cache:
-        examples = examples.cache()  # shared by the datasets of all epochs
-    steps = int(num_examples) // global_batch_size
-    seed = config.seed
-
-    def dataset_fn(epoch, start_step, ctx):
-        s = epoch_seed(seed, epoch)
-        ds = examples.shuffle(SHUFFLE_BUFFER, seed=s, reshuffle_each_iteration=False)
-        seeds = tf.data.Dataset.random(seed=s).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds))
-        ds = ds.take(steps * global_batch_size).skip(start_step * global_batch_size)
-        if ctx.num_input_pipelines > 1:
-            ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
-        ds = ds.map(lambda example, s_: parse_fn(example, aug=aug, seed=s_),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(ctx.get_per_replica_batch_size(global_batch_size), drop_remainder=True)
-        return ds.prefetch(tf.data.AUTOTUNE)
-
-    return loop.EpochInput(dataset_fn, steps, global_batch_size)
-
-
-def split_examples(builder, split):
-    """(decoded examples of a split in stored order, their number)."""
-    return datasets.load_split(builder, split), builder.info.splits[split].num_examples
-
-
-def segmentation_train_examples(builders, repeats):
-    """The training examples of several segmentation data sets in one stream.
-
-    Each source is put in the common layout of pipeline.segmentation_targets (image, masks over
-    the four targets, known flags), repeated `repeats[name]` times, and the sources are
-    concatenated in the given order (the epoch's shuffle mixes them).
-
-    Returns:
-      (examples, number of examples, {name: examples per epoch}).
-    """
-    stream, total, per_source = None, 0, {}
-    for name, builder in builders.items():
-        examples, n = split_examples(builder, "train")
-        examples = examples.map(pipeline.segmentation_targets,
-                                num_parallel_calls=tf.data.AUTOTUNE)
-        examples = examples.repeat(repeats[name])
-        per_source[name] = n * repeats[name]
-        total += per_source[name]
-        stream = examples if stream is None else stream.concatenate(examples)
-    return stream, total, per_source
+EXPERIMENT, LABEL_COUNTS = layout.EXPERIMENT, layout.LABEL_COUNTS
 
 
 def _runner_for(runners, model, strategy):
@@ -155,7 +49,7 @@ def segmenter_validation(val_sets, strategy=None):
 
     Args:
       val_sets: {data set name: (image, (masks, known)) batches}, see
-        segmentation_validation_sets.
+        cxr_tf.data.pipeline.segmentation_validation_sets.
       strategy: the training strategy (validation runs distributed over its replicas).
 
     The returned dict holds `dice_<target>` (with one data set) or `dice_<target>_<data set>`
@@ -228,7 +122,7 @@ def label_frequencies(builder, split="train", work_dir=None, write=True):
         positives += (labels > 0).sum(axis=0)
         total += labels.shape[0]
     if cache and write:
-        loop.write_json_atomic(cache, {**key, "num_examples": total,
+        files.write_json_atomic(cache, {**key, "num_examples": total,
                                        "positives": positives.tolist()})
     return total, positives
 
@@ -325,7 +219,7 @@ def _record_experiment(work_dir, trainer, config, **run):
         run["segments"] = [{"from_epoch": 0, "epochs": run["config"][section]["epochs"],
                             **segment}]
     if trainer.chief:  # every worker checks (they must all stop alike); the chief writes
-        loop.write_json_atomic(path, run)
+        files.write_json_atomic(path, run)
 
 
 @contextlib.contextmanager
@@ -395,13 +289,13 @@ def _float32_saver(policy):
     and export load.
     """
     if policy == "float32":
-        return loop.save_model_atomic
+        return files.save_model_atomic
 
     def save(model, path):
         with _dtype_policy("float32"):
             copy = model.__class__.from_config(model.get_config())
         copy.set_weights(model.get_weights())
-        loop.save_model_atomic(copy, path)
+        files.save_model_atomic(copy, path)
 
     return save
 
@@ -451,9 +345,9 @@ def train_segmenter(config, builder, work_dir, strategy=None, verbose=1):
     _seed_everything(config.seed)
     parse = functools.partial(pipeline.parse_partial_segmentation, size=seg.input_size)
     aug = pipeline.Augmentation(**seg.augmentation_fields())
-    examples, total, per_source = segmentation_train_examples(builders, repeats)
-    train_input = epoch_input(config, examples, total, parse, aug, seg.batch_size)
-    val_sets = segmentation_validation_sets(config, builders)
+    examples, total, per_source = pipeline.segmentation_train_examples(builders, repeats)
+    train_input = pipeline.epoch_input(config, examples, total, parse, aug, seg.batch_size)
+    val_sets = pipeline.segmentation_validation_sets(config, builders)
     with _dtype_policy(policy):
         with strategy.scope():
             model = UNetSegmenter(input_size=seg.input_size, base_filters=seg.base_filters,
@@ -540,9 +434,9 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
                               resize_size=clf.resize_size)
     aug = pipeline.Augmentation(min_crop_fraction=clf.min_crop_fraction,
                                 brightness=clf.brightness, contrast=clf.contrast)
-    train_input = epoch_input(config, *split_examples(builder, "train"), parse, aug,
-                              clf.batch_size)
-    val_ds = classification_dataset(config, builder, "validation", training=False)
+    train_input = pipeline.epoch_input(config, *pipeline.split_examples(builder, "train"),
+                                       parse, aug, clf.batch_size)
+    val_ds = pipeline.classification_dataset(config, builder, "validation", training=False)
     loss_fn, pos_weights = classifier_loss(config, builder, work_dir,
                                            write=strategies.is_chief(strategy))
     with _dtype_policy("float32"), strategy.scope():

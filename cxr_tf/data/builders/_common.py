@@ -9,8 +9,8 @@ import gzip
 import hashlib
 import io
 import json
-import math
 import logging
+import math
 import os
 
 log = logging.getLogger("cxr_tf")

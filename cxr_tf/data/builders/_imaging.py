@@ -7,6 +7,7 @@ never raise for a bad file: they return `ImageError` messages that the builder c
 
 import concurrent.futures
 import concurrent.futures.process
+import ctypes
 import itertools
 import multiprocessing
 import os
@@ -42,7 +43,6 @@ def die_with_parent(parent_pid):
     SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG); elsewhere a thread polls the parent
     once a second."""
     try:
-        import ctypes
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -135,6 +135,7 @@ def _decode_gif_with_pil(data):
     """First frame of a GIF as a grey uint8 array with Pillow, or None if it cannot be read."""
     try:
         import io
+
         from PIL import Image
         with Image.open(io.BytesIO(data)) as gif:
             return np.asarray(gif.convert("L"))
@@ -386,7 +387,6 @@ def lungs_job(job):
 
 def bare_decode_resize_job(job):
     """(path, size) -> CPU seconds spent decoding and resizing it (throughput baseline)."""
-    import time
     path, size = job
     start = time.process_time()
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)

@@ -53,8 +53,7 @@ import tensorflow_datasets as tfds
 
 from cxr_tf import labels as labels_lib
 from cxr_tf.data import features as fk
-from cxr_tf.data.builders import _common
-from cxr_tf.data.builders import _imaging
+from cxr_tf.data.builders import _common, _imaging
 from cxr_tf.data.builders._common import DataError
 
 log = logging.getLogger("cxr_tf")

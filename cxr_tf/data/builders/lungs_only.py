@@ -42,8 +42,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from cxr_tf.data import features as fk
-from cxr_tf.data.builders import _common
-from cxr_tf.data.builders import _imaging
+from cxr_tf.data.builders import _common, _imaging
 from cxr_tf.data.builders._common import DataError
 
 log = logging.getLogger("cxr_tf")
@@ -56,8 +55,8 @@ PREFIXES = {"MCUCXR": "montgomery", "CHNCXR": "shenzhen"}
 MASK_SUFFIX = "_mask"
 _SEX = re.compile(r"(?:Patient'?s\s+)?Sex\s*:\s*([MFmf])|^\s*(male|female)\b",
                   re.IGNORECASE | re.MULTILINE)
-_AGE = re.compile(r"(?:Patient'?s\s+)?Age\s*:\s*0*(\d+)\s*([YyMmDd]?)|\b0*(\d+)\s*(?:yrs?|years?)\b",
-                  re.IGNORECASE)
+_AGE = re.compile(r"(?:Patient'?s\s+)?Age\s*:\s*0*(\d+)\s*([YyMmDd]?)"
+                  r"|\b0*(\d+)\s*(?:yrs?|years?)\b", re.IGNORECASE)
 
 
 @dataclasses.dataclass(eq=False)

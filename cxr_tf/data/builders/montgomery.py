@@ -26,12 +26,12 @@ Montgomery has no official split. Images (one per patient) are split by SHA-256 
 round(0.1 * n) `validation`, the rest `train` (see lungs_only for the rest of the contract).
 """
 
+import tensorflow_datasets as tfds
+
 from cxr_tf.data.builders import lungs_only
 from cxr_tf.data.builders._common import DataError  # noqa: F401  (re-exported for callers)
 from cxr_tf.data.builders.lungs_only import LungsOnlyConfig as MontgomeryConfig  # noqa: F401
 from cxr_tf.data.builders.lungs_only import read_clinical  # noqa: F401
-
-import tensorflow_datasets as tfds
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download the Montgomery County set (NLM, https://lhncbc.nlm.nih.gov/LHC-downloads/) and unpack it:

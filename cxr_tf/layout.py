@@ -1,0 +1,80 @@
+"""The work directory, defined once. Every binary writes into one:
+
+    WORK_DIR/
+      tfds/                   built data sets (TFDS records; --data_dir moves them)
+      segmenter/              best.keras, history.json, experiment.json, checkpoints/, tensorboard/
+      classifier/             the same for CXR-IRNet (classifier_<variant>/ for the others)
+      eval/                   report.json, report.md, predictions.csv, figures, overlays
+      export/<version>/       SavedModel for TF Serving
+      ablation/<clean|shortcut>/   cxr-ablation's runs and tables
+
+and inside each training run directory:
+
+      best.keras              the model with the best validation score
+      history.json            one record per epoch
+      experiment.json         the settings the run used (per segment of a resumed run)
+      label_counts.json       class counts of the train split (class weighting)
+      checkpoints/            tf.train checkpoints (resume)
+      tensorboard/            TensorBoard event files
+"""
+
+import os
+
+DATA = "tfds"
+SEGMENTER = "segmenter"
+CLASSIFIER = "classifier"
+EVAL = "eval"
+EXPORT = "export"
+ABLATION = "ablation"
+
+BEST_MODEL = "best.keras"
+HISTORY = "history.json"
+EXPERIMENT = "experiment.json"
+LABEL_COUNTS = "label_counts.json"
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PREDICTIONS_CSV = "predictions.csv"
+
+
+def data_dir(work_dir):
+    """WORK_DIR/tfds: where the data sets of a work directory are built."""
+    return os.path.join(str(work_dir), DATA)
+
+
+def segmenter_dir(work_dir):
+    """WORK_DIR/segmenter: the segmenter's training run."""
+    return os.path.join(str(work_dir), SEGMENTER)
+
+
+def classifier_dir(work_dir, variant="cxr_irnet"):
+    """WORK_DIR/classifier for CXR-IRNet, WORK_DIR/classifier_<variant> for the others."""
+    name = CLASSIFIER if variant == "cxr_irnet" else f"{CLASSIFIER}_{variant}"
+    return os.path.join(str(work_dir), name)
+
+
+def eval_dir(work_dir):
+    """WORK_DIR/eval: the evaluation report."""
+    return os.path.join(str(work_dir), EVAL)
+
+
+def export_dir(work_dir):
+    """WORK_DIR/export: the model base path TF Serving watches (versions inside)."""
+    return os.path.join(str(work_dir), EXPORT)
+
+
+def ablation_dir(work_dir):
+    """WORK_DIR/ablation: cxr-ablation's runs and tables."""
+    return os.path.join(str(work_dir), ABLATION)
+
+
+def best_model(run_dir):
+    """RUN_DIR/best.keras."""
+    return os.path.join(str(run_dir), BEST_MODEL)
+
+
+def report_json(out_dir):
+    """OUT_DIR/report.json of an evaluation."""
+    return os.path.join(str(out_dir), REPORT_JSON)

@@ -1,0 +1,49 @@
+"""The package's shape: no import cycles between modules (the layer contracts themselves are
+checked by `lint-imports` in `make test`, from .importlinter)."""
+
+import grimp
+
+
+def _cycles(graph):
+    """Strongly connected groups of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.find_modules_directly_imported_by(v):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_import_cycles():
+    graph = grimp.build_graph("cxr_tf", "pipelines")
+    assert _cycles(graph) == []
+
+
+def test_binaries_import_the_facade_only():
+    graph = grimp.build_graph("cxr_tf", "pipelines")
+    allowed = {"cxr_tf.workflow", "cxr_tf.configs", "cxr_tf"}
+    for module in graph.find_children("pipelines") | {"pipelines"}:
+        imported = {m for m in graph.find_modules_directly_imported_by(module)
+                    if m.startswith("cxr_tf")}
+        assert imported <= allowed, (module, imported - allowed)
