@@ -13,7 +13,9 @@ $(STAMP): setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[cpu,test]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[cpu,test,tfds]'
+	# TF Serving's protos without their dependencies (they would add a second, full TensorFlow)
+	$(VENV)/bin/python -m pip install --quiet --no-deps 'tensorflow-serving-api>=2.21,<2.22'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -21,6 +21,7 @@ CORE = [
     "absl-py>=2.1",
     "matplotlib>=3.8",
     "pydicom>=3.0",
+    "grpcio>=1.60",  # the gRPC PredictionService stand-in (TF Serving's protos: see BUILD.md)
 ]
 
 setup(
@@ -42,6 +43,9 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6", "ruff>=0.6", "import-linter>=2.0"],
         "notebook": ["jupyterlab", "ipykernel>=6"],
+        # `tfds build` (TFDS's own command line) imports these at start-up, whatever the
+        # builder; cxr-build-dataset does not need them.
+        "tfds": ["apache-beam>=2.60", "mlcroissant>=1.0"],
         # benchmarks/ only: the PyTorch reference peer. Pinned to the release whose CPU wheel
         # lies on the project's machines; never a core dependency. See BENCHMARKS.md.
         "bench": ["torch==2.13.0"],

@@ -62,6 +62,8 @@ RECIPES = {
 def config_for(recipe, seed=0):
     from cxr_tf import configs
     config = configs.paper()
+    config.segmenter = configs.SegmenterConfig(input_size=112, base_filters=8, depth=4,
+                                               batch_size=16)  # the recipe sets the rest
     config.seed = seed
     config.data.cache = True
     config.segmenter.handle_preemption = False

@@ -118,6 +118,12 @@ class TrainingOptions:
     deterministic: bool = field(False, "Deterministic ops "
                                 "(tf.config.experimental.enable_op_determinism): a resumed run "
                                 "ends with the same weights as an uninterrupted one. Slower.")
+    image_summaries_every: int = field(0, "Every N epochs, pictures in TensorBoard: the "
+                                       "segmenter's masks, or the classifier's CAMs and feature "
+                                       "mask, over a few validation films (0 = off).")
+    profile_steps: str = field("", "'FIRST,LAST': trace these global training steps with the "
+                               "TensorFlow profiler into the run's tensorboard/ folder (the "
+                               "Profile tab; '' = off). Tracing slows those steps.")
     handle_preemption: bool = field(True, "Checkpoint and exit (status 42) on SIGTERM or a "
                                     "Google Cloud maintenance notice, with TensorFlow's "
                                     "PreemptionCheckpointHandler. Creating it makes one HTTP "
@@ -209,18 +215,29 @@ class ExperimentConfig:
 SECTIONS = {"data": DataConfig, "segmenter": SegmenterConfig, "classifier": ClassifierConfig}
 
 
+# The segmenter recipe of the shipped model (cxr_tf/pretrained), chosen on validation splits of
+# real films (docs/segmenter.md): JSRT + SCR fold 1 three times per epoch beside the Montgomery
+# and Shenzhen lungs, hospital-style augmentation, cosine schedule from 2e-3, 120 epochs.
+PAPER_SEGMENTER = dict(input_size=112, base_filters=8, depth=4, epochs=120, batch_size=16,
+                       learning_rate=2e-3, lr_schedule="cosine",
+                       datasets="jsrt_scr:3,montgomery,shenzhen", min_crop_fraction=0.85,
+                       brightness=0.1, contrast=0.2, gamma=0.3, noise=0.03, blur=1.0,
+                       scale=0.12, rotation=8.0, shift=0.05, borders=0.3, overlays=0.3)
+
+
 def paper():
     """Fang et al. (2021): ChestX-ray14, DenseNet121 at 224.
 
     The inline segmenter is sized for its job: its mask is pooled to the 7 x 7 feature grid, and
     a 112 px, 8-filter U-Net gives the same grid mask as a 224 px, 16-filter one (union Dice
     within 0.007, grid Dice within 0.002 on phantoms) at 1.7% of a training step's FLOPs instead
-    of 27% (BENCHMARKS.md, "Sizing the inline segmenter").
+    of 27% (BENCHMARKS.md, "Sizing the inline segmenter"). Its training recipe (PAPER_SEGMENTER)
+    is the shipped segmenter's: the paper's (JSRT only, 30 epochs) reached lung Dice 0.82 and
+    0.73 on SCR validation films and 0.62-0.66 on other hospitals' (docs/segmenter.md).
     """
     return ExperimentConfig(
         data=DataConfig(dataset="chestxray14", image_size=256, cache=False),
-        segmenter=SegmenterConfig(input_size=112, base_filters=8, depth=4, epochs=30,
-                                  batch_size=16),
+        segmenter=SegmenterConfig(**PAPER_SEGMENTER),
         classifier=ClassifierConfig())
 
 
@@ -246,6 +263,20 @@ def tiny():
                                     epochs=1, batch_size=8))
 
 
+def parse_profile_steps(spec):
+    """TrainingOptions.profile_steps "FIRST,LAST" -> (first, last); "" -> None.
+
+    Raises:
+      ValueError: anything else.
+    """
+    if not spec:
+        return None
+    first, last = (int(v) for v in str(spec).split(","))
+    if first < 1 or last < first:
+        raise ValueError(f"profile_steps {spec!r}: need 1 <= FIRST <= LAST")
+    return first, last
+
+
 def check_training_options(options, what="training"):
     """Raises ValueError naming the field when a TrainingOptions (or subclass) is inconsistent.
 
@@ -264,6 +295,14 @@ def check_training_options(options, what="training"):
         fail("lr_plateau_factor", options.lr_plateau_factor, "a factor in (0, 1)")
     if options.lr_plateau_patience < 1:
         fail("lr_plateau_patience", options.lr_plateau_patience, "at least 1 epoch")
+    if options.image_summaries_every < 0:
+        fail("image_summaries_every", options.image_summaries_every, "0 (off) or a number of "
+             "epochs")
+    try:
+        parse_profile_steps(options.profile_steps)
+    except ValueError:
+        fail("profile_steps", options.profile_steps, "'FIRST,LAST' global steps with 1 <= FIRST "
+             "<= LAST, e.g. '20,25', or '' (off)")
     if options.checkpoint_every_steps < 0:
         fail("checkpoint_every_steps", options.checkpoint_every_steps, "0 (off) or a step count")
     if options.epochs < 1:

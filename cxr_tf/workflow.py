@@ -32,6 +32,7 @@ from cxr_tf.evaluation import inference, localization, screening
 from cxr_tf.evaluation import report as report_lib
 from cxr_tf.models import load_model
 from cxr_tf.serving import export as export_lib
+from cxr_tf.serving import grpc_service, tf_serving
 from cxr_tf.serving import overlay as overlay_lib
 from cxr_tf.serving import predict as predict_lib
 from cxr_tf.serving import rest as rest_lib
@@ -271,20 +272,49 @@ def thresholds_from_report(report_path):
 
 
 def export(classifier_path, export_dir, resize_size=None, report_path=None, version=None,
-           max_image_pixels=export_lib.DEFAULT_MAX_IMAGE_PIXELS):
-    """Exports a trained classifier to EXPORT_DIR/<version>/; thresholds come from an evaluation
-    report when given (chosen on validation), else 0.5. Returns the version directory."""
+           max_image_pixels=export_lib.DEFAULT_MAX_IMAGE_PIXELS, model_name="cxr",
+           serving_base_path=None):
+    """Exports a trained classifier to EXPORT_DIR/<version>/ and returns the version directory.
+
+    Thresholds come from an evaluation report when given (chosen on validation), else 0.5. The
+    version holds a model card generated from that report and TF Serving warm-up requests;
+    EXPORT_DIR gets models.config (for `--model_config_file`; base path `serving_base_path`,
+    default /models/<model_name> as in TF Serving's container) and batching_parameters.txt.
+    """
     model = load_model(_require(classifier_path, "Classifier"))
-    thresholds = None
+    thresholds = report = None
     if report_path:
         thresholds = thresholds_from_report(_require(report_path, "Evaluation report"))
+        with open(report_path) as f:
+            report = json.load(f)
     else:
         log.warning("No evaluation report given: exporting with threshold 0.5 for every class")
+    segmenter_info = None
+    if model.feature_weighting and _uses_pretrained_segmenter(classifier_path):
+        segmenter_info = pretrained.segmenter_info()
     path = export_lib.export_classifier(model, export_dir, resize_size=resize_size,
                                         thresholds=thresholds, version=version,
-                                        max_image_pixels=max_image_pixels)
+                                        max_image_pixels=max_image_pixels, model_name=model_name,
+                                        report=report, segmenter_info=segmenter_info)
+    try:
+        tf_serving.write_server_config(export_dir, model_name,
+                                       serving_base_path or f"/models/{model_name}")
+    except ImportError as e:
+        log.warning("No models.config written: %s", e)
     log.info("Exported SavedModel to %s", path)
     return path
+
+
+def _uses_pretrained_segmenter(classifier_path):
+    """True when the classifier's training run weighted its features with the shipped
+    segmenter (its experiment.json names that file)."""
+    try:
+        _, stored = load_experiment(os.path.dirname(os.path.abspath(classifier_path)))
+        used = stored.get("segmenter")
+        return bool(used) and os.path.exists(used) and os.path.samefile(
+            used, pretrained.segmenter_path())
+    except (OSError, ValueError):
+        return False
 
 
 # ---- Training -----------------------------------------------------------------------------------
@@ -474,6 +504,12 @@ def rest_server(export_path, model_name, **limits):
     if os.path.exists(os.path.join(base, saved_models.SAVED_MODEL_FILE)):
         base = os.path.dirname(os.path.abspath(base))
     return rest_lib.ModelServer(base, model_name, **limits)
+
+
+def grpc_server(export_path, model_name, host="127.0.0.1", port=8500):
+    """TF Serving's gRPC PredictionService on an export (see cxr_tf.serving.grpc_service);
+    returns (started server, bound port)."""
+    return grpc_service.serve(export_path, model_name, host=host, port=port)
 
 
 def answer_rest_request(export_path, body):

@@ -28,7 +28,8 @@ def main(argv):
         report = default if os.path.exists(default) else None
     path = workflow.export(model, f.export_dir or layout.export_dir(f.work_dir),
                            resize_size=config.classifier.resize_size, report_path=report,
-                           version=f.version, max_image_pixels=f.max_image_pixels)
+                           version=f.version, max_image_pixels=f.max_image_pixels,
+                           model_name=f.model_name, serving_base_path=f.serving_base_path)
     print(f"saved_model {path}")
 
 

@@ -139,6 +139,11 @@ def define_export():
     flags.DEFINE_integer("max_image_pixels", 40_000_000, "Largest image (height x width) the "
                          "exported signatures accept; larger ones are refused from their file "
                          "header, before decoding.", lower_bound=1)
+    flags.DEFINE_string("model_name", "cxr", "Name TF Serving serves the model under (the "
+                        "warm-up requests and models.config use it).")
+    flags.DEFINE_string("serving_base_path", None, "Base path in the models.config written "
+                        "beside the export, as TF Serving sees it (default /models/<model_name>, "
+                        "the path in TF Serving's container).")
 
 def define_predict():
     """Flags of cxr-predict."""
@@ -174,6 +179,10 @@ def define_rest():
                          "more get HTTP 503 at once.", lower_bound=1)
     flags.DEFINE_integer("max_predictions", 2, "With --serve: predictions run at a time (the "
                          "others wait).", lower_bound=1)
+    flags.DEFINE_integer("grpc_port", None, "With --serve: also answer TF Serving's gRPC "
+                         "PredictionService (Predict, GetModelMetadata) on this port (TF "
+                         "Serving's default is 8500; 0 picks a free one). Needs the "
+                         "tensorflow-serving-api protos.", lower_bound=0)
 
 def define_evaluate():
     """Flags of cxr-evaluate (besides define_common); the classifier geometry and mask rule flags

@@ -42,12 +42,19 @@ def main(argv):
         host, port = server.server_address[:2]
         print(f"serving {f.model_name} version {server.version} at "
               f"http://{host}:{port}/v1/models/{f.model_name}", flush=True)
+        grpc_server = None
+        if f.grpc_port is not None:
+            grpc_server, grpc_port = workflow.grpc_server(f.model, f.model_name, host=f.host,
+                                                          port=f.grpc_port)
+            print(f"gRPC PredictionService at {host}:{grpc_port}", flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
             pass
         finally:
             server.server_close()
+            if grpc_server is not None:
+                grpc_server.stop(1)
         return 0
 
     if len(argv) != 2:

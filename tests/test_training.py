@@ -188,3 +188,33 @@ def test_resume_refuses_changed_settings_and_records_more_epochs(tiny_builder,
     with pytest.raises(train.ResumeMismatch, match="segmenter: checkpointed"):
         train.train_classifier(more, tiny_builder, run_dir, segmenter_path=str(other),
                                verbose=0)
+
+
+def test_tensorboard_pictures_and_an_opt_in_profiler_trace(tiny_builder, tmp_path):
+    import tensorflow as tf
+    config = configs.tiny()
+    config.segmenter.epochs, config.segmenter.handle_preemption = 2, False
+    config.segmenter.image_summaries_every = 2
+    config.segmenter.profile_steps = "2,3"
+    run_dir = tmp_path / "seg"
+    train.train_segmenter(config, tiny_builder, str(run_dir), verbose=0)
+    tags = {}
+    event_dir = run_dir / "tensorboard"
+    for name in os.listdir(event_dir):
+        if not name.startswith("events"):
+            continue
+        for event in tf.compat.v1.train.summary_iterator(str(event_dir / name)):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(
+                    (event.step, value.metadata.plugin_data.plugin_name, value.tensor))
+    (step, plugin, tensor), = tags["validation/segmenter_masks"]  # epoch 2 only
+    assert plugin == "images" and step == 12
+    pictures = tf.make_ndarray(tensor)
+    assert pictures[:2].tolist() == [b"32", b"32"] and len(pictures) == 2 + 4
+    assert tf.io.decode_png(pictures[2]).shape == (32, 32, 3)
+    traces = [os.path.join(r, f) for r, _, fs in os.walk(event_dir / "plugins" / "profile")
+              for f in fs]
+    assert any(t.endswith(".xplane.pb") for t in traces), traces
+    with pytest.raises(ValueError, match="profile_steps"):
+        config.segmenter.profile_steps = "5,2"
+        configs.check_training_options(config.segmenter, "segmenter")

@@ -68,7 +68,7 @@ from cxr_tf.saved_models import (
     load_exported,
     read_metadata,
 )
-from cxr_tf.serving import anatomy
+from cxr_tf.serving import anatomy, model_card, tf_serving
 
 EXPORT_LOCK = ".cxr_tf_export.lock"
 # Largest image accepted (height x width): a 6000 x 6000 film is 36 million pixels; decoded to
@@ -167,7 +167,8 @@ def next_version(export_dir):
 
 
 def export_classifier(model, export_dir, resize_size=None, thresholds=None, version=None,
-                      max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+                      max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, model_name="cxr",
+                      warmup=True, report=None, segmenter_info=None):
     """Writes `model` to `export_dir/<version>/` and returns that path.
 
     Args:
@@ -178,6 +179,12 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
       thresholds: per-class decision thresholds (14 floats); default 0.5 for every class.
       version: positive integer; default is the next free version.
       max_image_pixels: largest image (height x width) the signatures accept.
+      model_name: the name TF Serving serves it under (in the warm-up requests).
+      warmup: write assets.extra/tf_serving_warmup_requests (TF Serving replays it on load;
+        needs the tensorflow-serving-api protos: without them a warning, and no file).
+      report: the evaluation report dict the thresholds came from, for the model card
+        (assets.extra/MODEL_CARD.md, always written; without a report it says so).
+      segmenter_info: the shipped segmenter's record when the model carries it, for the card.
 
     The version directory is written under a temporary name and renamed when complete, so a
     failed export never leaves a partial version that TF Serving would try to load; its folders
@@ -308,6 +315,13 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
             os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
             with open(os.path.join(tmp, METADATA_FILE), "w") as f:
                 json.dump(meta, f, indent=2)
+            with open(os.path.join(tmp, "assets.extra", model_card.CARD_FILE), "w") as f:
+                f.write(model_card.model_card(meta, report, segmenter_info))
+            if warmup:
+                try:
+                    tf_serving.write_warmup(tmp, model_name)
+                except ImportError as e:
+                    log.warning("No warm-up requests written: %s", e)
             files.make_readable(tmp)
     return final
 

@@ -75,6 +75,18 @@ def summary_scalar(name, value, step):
                             metadata=metadata)
 
 
+def summary_images(name, images, step):
+    """Writes a TensorBoard image summary (the images plugin's record, as tf.summary.image
+    writes it, without the `tensorboard` package): `images` (k, H, W, 3) uint8."""
+    images = np.asarray(images, np.uint8)
+    pngs = [tf.io.encode_png(image).numpy() for image in images]
+    tensor = tf.constant([str(images.shape[2]).encode(), str(images.shape[1]).encode(), *pngs])
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "images"
+    metadata.data_class = summary_pb2.DATA_CLASS_BLOB_SEQUENCE
+    return tf.summary.write(name, tensor, step=step, metadata=metadata)
+
+
 class Trainer:
     """Trains `model` with `loss_fn` and `optimizer` under `strategy`.
 
@@ -99,11 +111,17 @@ class Trainer:
       max_to_keep: checkpoints kept in work_dir/checkpoints.
       handle_preemption: install TensorFlow's PreemptionCheckpointHandler (SIGTERM and cloud
         maintenance notices: checkpoint at the next step, then exit for a restart).
+      image_summary_fn: `fn(model) -> {name: (k, H, W, 3) uint8}` pictures for TensorBoard
+        (e.g. masks or CAMs over a few validation films), written after every
+        `image_summary_every`-th epoch (0: never).
+      profile_steps: (first, last) global steps to trace with the TensorFlow profiler into
+        tensorboard/ (None: no trace).
     """
 
     def __init__(self, model, loss_fn, optimizer, strategy, work_dir, select_metric,
                  select_mode="max", checkpoint_every_steps=0, jit_compile=False, plateau=None,
-                 save_model_fn=None, max_to_keep=3, handle_preemption=True):
+                 save_model_fn=None, max_to_keep=3, handle_preemption=True,
+                 image_summary_fn=None, image_summary_every=0, profile_steps=None):
         if select_mode not in ("max", "min"):
             raise ValueError(f"select_mode must be 'max' or 'min', got {select_mode!r}")
         if int(checkpoint_every_steps) < 0:
@@ -129,6 +147,10 @@ class Trainer:
         self.plateau = plateau
         self.save_model_fn = save_model_fn or files.save_model_atomic
         self.handle_preemption = handle_preemption
+        self.image_summary_fn = image_summary_fn
+        self.image_summary_every = int(image_summary_every)
+        self.profile_steps = profile_steps
+        self._profiling = False
         self.chief = is_chief(strategy)
         self.jit_compile = bool(jit_compile)
         if self.jit_compile:
@@ -418,7 +440,13 @@ class Trainer:
         t_epoch = time.time()
         t_last = None
         for batch in self._distribute(train_data, epoch, first_step):
+            self._profile(pos["global_step"] + 1)
             loss = float(self._train_step(batch))
+            if self._profiling and pos["global_step"] + 1 >= self.profile_steps[1]:
+                tf.profiler.experimental.stop()
+                self._profiling = False
+                log.info("Profiler trace of steps %d-%d written to %s", *self.profile_steps,
+                         self.tensorboard_dir)
             step = pos["step_in_epoch"] + 1
             if not math.isfinite(loss):
                 raise FloatingPointError(
@@ -479,10 +507,21 @@ class Trainer:
         summary_scalar("epoch/epoch", epoch + 1, step=gstep)
         for k, v in metrics.items():
             summary_scalar(f"validation/{k}", float(v), step=gstep)
+        if (self.image_summary_fn is not None and self.image_summary_every
+                and (epoch + 1) % self.image_summary_every == 0 and self.chief):
+            for name, images in self.image_summary_fn(self.model).items():
+                summary_images(name, images, step=gstep)
         log.info("epoch %d/%d  loss %.4f  val %s %.4f%s  %.1f img/s  lr %.3g", epoch + 1, epochs,
                  record["loss"], self.select_metric, value, "  (best, saved)" if improved
                  else "", record["images_per_second"], record["learning_rate"])
         return record
+
+    def _profile(self, step):
+        """Starts the profiler at the first step of `profile_steps` (chief only)."""
+        if (self.profile_steps and self.chief and not self._profiling
+                and step == self.profile_steps[0]):
+            tf.profiler.experimental.start(self.tensorboard_dir)
+            self._profiling = True
 
     def _update_plateau(self, improved, epoch):
         if self.plateau is None:

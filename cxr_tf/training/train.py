@@ -97,6 +97,48 @@ def classifier_validation(dataset, strategy=None):
     return validate
 
 
+PICTURES = 4  # validation films per TensorBoard image summary
+
+
+def _first_images(dataset, n=PICTURES):
+    return next(iter(dataset.unbatch().batch(n)))[0].numpy()
+
+
+def segmenter_pictures(dataset):
+    """image_summary_fn of the segmenter: a few validation films with the predicted left lung
+    (red), right lung (green) and heart (blue) blended in."""
+    def pictures(model):
+        images = _first_images(dataset)
+        probs = np.asarray(model(images, training=False)) >= 0.5
+        grey = np.repeat(images, 3, axis=-1)
+        blended = 0.6 * grey + 0.4 * probs.astype(np.float32)
+        return {"validation/segmenter_masks": np.round(255 * np.clip(blended, 0, 1))}
+    return pictures
+
+
+def classifier_pictures(dataset):
+    """image_summary_fn of the classifier: a few validation films with the class activation
+    map of each film's most probable finding in red, and, for models with feature weighting,
+    the cells outside the feature mask darkened."""
+    def pictures(model):
+        images = _first_images(dataset)
+        out = model.explain_model()(images, training=False)
+        probs = np.asarray(out[classifier_lib.PROBABILITIES])
+        cams = np.asarray(out[classifier_lib.CAMS])
+        masks = np.asarray(out[classifier_lib.GRID_MASK])
+        size = images.shape[1]
+        pictures = []
+        for image, p, cam, mask in zip(images, probs, cams, masks):
+            heat = cam[..., int(np.argmax(p))]
+            heat = (heat - heat.min()) / max(float(heat.max() - heat.min()), 1e-6)
+            heat = tf.image.resize(heat[..., None], (size, size)).numpy()
+            keep = tf.image.resize(mask, (size, size), method="nearest").numpy()
+            grey = image * (0.5 + 0.5 * keep)
+            pictures.append(np.concatenate([np.clip(grey + 0.5 * heat, 0, 1), grey, grey], -1))
+        return {"validation/classifier_cams": np.round(255 * np.stack(pictures))}
+    return pictures
+
+
 def label_frequencies(builder, split="train", work_dir=None, write=True):
     """(num_examples, positives per class) of a split, decoding the labels only.
 
@@ -135,7 +177,8 @@ def _seed_everything(seed):
 # checkpoint, preemption handling, XLA, deterministic kernels, in-memory caching), or, for
 # `epochs`, only how long the run goes on; each change is recorded as a new segment.
 RESUMABLE_CHANGES = frozenset({"epochs", "checkpoint_every_steps", "handle_preemption",
-                               "jit_compile", "deterministic", "cache"})
+                               "jit_compile", "deterministic", "cache", "image_summaries_every",
+                               "profile_steps"})
 
 
 class ResumeMismatch(ValueError):
@@ -300,7 +343,8 @@ def _float32_saver(policy):
     return save
 
 
-def _trainer(model, loss_fn, optimizer, strategy, work_dir, metric, options, policy):
+def _trainer(model, loss_fn, optimizer, strategy, work_dir, metric, options, policy,
+             pictures=None):
     if options.sync_batch_norm and strategy.num_replicas_in_sync > 1:
         log.info("Synchronised batch norm: %d layers use global-batch statistics",
                  _synchronize_batch_norm(model))
@@ -308,7 +352,10 @@ def _trainer(model, loss_fn, optimizer, strategy, work_dir, metric, options, pol
                         checkpoint_every_steps=options.checkpoint_every_steps,
                         jit_compile=options.jit_compile, plateau=_plateau(options),
                         save_model_fn=_float32_saver(policy),
-                        handle_preemption=options.handle_preemption)
+                        handle_preemption=options.handle_preemption,
+                        image_summary_fn=pictures,
+                        image_summary_every=options.image_summaries_every,
+                        profile_steps=configs_lib.parse_profile_steps(options.profile_steps))
 
 
 def _run_info(strategy, policy, trainer):
@@ -354,7 +401,8 @@ def train_segmenter(config, builder, work_dir, strategy=None, verbose=1):
                                   depth=seg.depth)
             optimizer = _make_optimizer(seg, train_input.steps_per_epoch, policy)
         trainer = _trainer(model, partial_dice_loss(bce_weight=seg.bce_weight), optimizer,
-                           strategy, work_dir, "mean_dice", seg, policy)
+                           strategy, work_dir, "mean_dice", seg, policy,
+                           pictures=segmenter_pictures(next(iter(val_sets.values()))))
         log.info("Training segmenter: %d parameters, input %d px, %d epochs, global batch %d, "
                  "examples per epoch %s", model.count_params(), seg.input_size, seg.epochs,
                  seg.batch_size, ", ".join(f"{n} {k}" for n, k in per_source.items()))
@@ -448,7 +496,7 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
             optimizer = _make_optimizer(clf, train_input.steps_per_epoch, policy,
                                         weight_decay=clf.weight_decay)
         trainer = _trainer(model, loss_fn, optimizer, strategy, work_dir, "mean_auroc", clf,
-                           policy)
+                           policy, pictures=classifier_pictures(val_ds))
         log.info("Training %s (%s backbone): %d parameters (%d trainable), input %d px, %d "
                  "epochs, global batch %d", clf.variant, model.backbone_name, model.count_params(),
                  sum(int(np.prod(v.shape)) for v in model.trainable_variables), clf.input_size,
