@@ -103,6 +103,17 @@ def test_serving_latency_smoke():
     assert "cxr_tf SavedModel (default U-Net)" in out and "latency_ms_b1" in out
 
 
+def test_serving_warmup_smoke(tmp_path):
+    pytest.importorskip("tensorflow_serving.apis", reason="tensorflow-serving-api protos not "
+                        "installed (make install does it)")
+    out = run(["benchmarks/serving_warmup.py", f"--work_dir={tmp_path}", "--input_size=64",
+               "--resize_size=64", "--calls=1"])
+    rows = {r["mode"]: r for r in map(json.loads, [x for x in out.splitlines()
+                                                   if x.startswith("{")])}
+    assert rows["cold"]["first_call_ms"] > 0 and rows["warmup"]["warmup_replay_s"] > 0
+    assert rows["batch"]["batch_16_images_per_s"] > 0
+
+
 def test_keras_bench_tensorflow_smoke():
     out = run(["benchmarks/keras_bench.py", "--config=mask_input", "--backbone=densenet_tiny",
                "--input_size=64", "--batch_size=2", "--steps=1", "--repeats=1"])
