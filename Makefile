@@ -1,6 +1,6 @@
 # The two commands of the README. Both create a project-local virtual environment (.venv) with
 # Python 3.11 (or $(PYTHON)), install cxr_tf into it, then run.
-#   make demo   - end-to-end demo on generated phantoms (about 7 minutes on 2 CPU cores)
+#   make demo   - end-to-end demo on generated phantoms (about 8 minutes on 2 CPU cores)
 #   make test   - style and import contracts (ruff, import-linter), then the test suite (CI)
 PYTHON ?= python3.11
 VENV ?= .venv

@@ -110,7 +110,11 @@ def run_recipe(recipe, args):
                             "n": v["n_images"]} for k, v in seg["structures"].items()}
         scores[name]["worst"] = seg["worst"].get("lungs", [])
     best = max(history, key=lambda h: h["val_mean_dice"])
-    return {"recipe": RECIPES[recipe], "model": path, "train_seconds_total": seconds,
+    # Training time from the history (every segment of a resumed run; validation passes not
+    # included); wall_seconds is this call only.
+    return {"recipe": RECIPES[recipe], "model": path,
+            "train_seconds_total": sum(h["train_seconds"] for h in history),
+            "wall_seconds": seconds,
             "epochs": len(history), "best_epoch": best["epoch"],
             "selection_mean_dice": best["val_mean_dice"], "validation": scores,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}

@@ -71,7 +71,8 @@ def _score(model, builder, split, config, out_dir):
             "structures": {k: {"dice": v["dice"], "ci": [v["ci_low"], v["ci_high"]],
                                "iou": v["iou"], "n_images": v["n_images"]}
                            for k, v in seg["structures"].items()},
-            "worst": seg["worst"], "report": os.path.join(out_dir, "report.md")}
+            "worst": seg["worst"],
+            "report": os.path.join(os.path.basename(out_dir), "report.md")}  # under --work_dir
 
 
 def _screen(model, config, work_dir, cxr14_dir):
@@ -84,8 +85,7 @@ def _screen(model, config, work_dir, cxr14_dir):
         s = rep["segmenter_screening"]
         out[split] = {k: s[k] for k in ("n_images", "below_min", "share_below_min", "coverage",
                                         "by_view", "lowest")}
-        out[split]["contact_sheet"] = os.path.join(work_dir, f"cxr14_{split}",
-                                                   s["contact_sheet"])
+        out[split]["contact_sheet"] = os.path.join(f"cxr14_{split}", s["contact_sheet"])
         if "mask_keeps" in rep:
             out["mask_keeps"] = rep["mask_keeps"]
     total = sum(v["n_images"] for k, v in out.items() if k != "mask_keeps")
