@@ -253,6 +253,15 @@ def decoded_cases(builder, split, fn, jobs, chunksize):
     finish_split(builder, split)
 
 
+def builder_for(builder_class, config, data_dir):
+    """A `builder_class` writing under `data_dir` for `config`. TFDS refuses a custom config
+    object named like a predefined one, so a config equal in name to a predefined one is
+    selected by that name."""
+    predefined = {c.name for c in builder_class.BUILDER_CONFIGS}
+    return builder_class(config=config.name if config.name in predefined else config,
+                         data_dir=str(data_dir))
+
+
 def drop_empty_splits(builder, splits):
     """Removes splits with nothing to build (TFDS cannot write an empty split), noting and logging
     them: {split: names} -> {split: names} with every value non-empty."""

@@ -488,6 +488,4 @@ def make_builder(data_dir, image_size=256, validation_fraction=0.1, split_seed=0
     selected by name, as TFDS refuses a custom config object named like a predefined one.
     """
     config = Chestxray14Config.make(image_size, validation_fraction, split_seed, image_format)
-    predefined = {c.name for c in Chestxray14.BUILDER_CONFIGS}
-    return Chestxray14(config=config.name if config.name in predefined else config,
-                       data_dir=str(data_dir))
+    return _common.builder_for(Chestxray14, config, data_dir)

@@ -257,6 +257,4 @@ def make_builder(data_dir, image_size=256, validation_fraction=0.1, split_seed=0
     Predefined configs (256, 224, 512, 1024 px with the default split) are selected by name.
     """
     config = JsrtScrConfig.make(image_size, validation_fraction, split_seed)
-    predefined = {c.name for c in JsrtScr.BUILDER_CONFIGS}
-    return JsrtScr(config=config.name if config.name in predefined else config,
-                   data_dir=str(data_dir))
+    return _common.builder_for(JsrtScr, config, data_dir)

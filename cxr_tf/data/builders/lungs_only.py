@@ -74,6 +74,11 @@ class LungsOnlyConfig(tfds.core.BuilderConfig):
     split_seed: int = 0
 
     @classmethod
+    def predefined(cls, dataset):
+        """The predefined configs of a lungs-only builder: 256, 224 and 512 px, default split."""
+        return [cls.make(size, dataset=dataset) for size in (256, 224, 512)]
+
+    @classmethod
     def make(cls, image_size=256, validation_fraction=0.1, test_fraction=0.2, split_seed=0,
              dataset="lungs-only"):
         """A config named after its parameters: `256px`, or e.g. `512px_val10_test30_seed1`."""
@@ -274,6 +279,4 @@ def make(builder_class, data_dir, image_size=256, validation_fraction=0.1, test_
     `LungsOnlyConfig.make(...)`; predefined configs are selected by name."""
     config = LungsOnlyConfig.make(image_size, validation_fraction, test_fraction, split_seed,
                                   dataset=builder_class.name)
-    predefined = {c.name for c in builder_class.BUILDER_CONFIGS}
-    return builder_class(config=config.name if config.name in predefined else config,
-                         data_dir=str(data_dir))
+    return _common.builder_for(builder_class, config, data_dir)

@@ -57,9 +57,7 @@ class Montgomery(lungs_only.LungsOnlyBuilder):
     RELEASE_NOTES = {"1.0.0": "First release.",
                      "1.1.0": "Both-lungs union (`lungs`), `lung_sides`; one-mask-per-film "
                               "layouts."}
-    BUILDER_CONFIGS = [lungs_only.LungsOnlyConfig.make(256, dataset="montgomery"),
-                       lungs_only.LungsOnlyConfig.make(224, dataset="montgomery"),
-                       lungs_only.LungsOnlyConfig.make(512, dataset="montgomery")]
+    BUILDER_CONFIGS = lungs_only.LungsOnlyConfig.predefined("montgomery")
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     PREFIX = "MCUCXR"
     HOMEPAGE = "https://lhncbc.nlm.nih.gov/LHC-downloads/"

@@ -31,9 +31,7 @@ class Shenzhen(lungs_only.LungsOnlyBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = [lungs_only.LungsOnlyConfig.make(256, dataset="shenzhen"),
-                       lungs_only.LungsOnlyConfig.make(224, dataset="shenzhen"),
-                       lungs_only.LungsOnlyConfig.make(512, dataset="shenzhen")]
+    BUILDER_CONFIGS = lungs_only.LungsOnlyConfig.predefined("shenzhen")
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     PREFIX = "CHNCXR"
     HOMEPAGE = "https://lhncbc.nlm.nih.gov/LHC-downloads/"

@@ -25,7 +25,7 @@ import tensorflow_datasets as tfds
 from cxr_tf import labels as labels_lib
 from cxr_tf.data import features as fk
 from cxr_tf.data import phantom
-from cxr_tf.data.builders import _imaging
+from cxr_tf.data.builders import _common, _imaging
 
 SPLITS = ("train", "validation", "test")
 
@@ -124,6 +124,4 @@ def make_builder(data_dir, **config_kwargs):
     selected by name.
     """
     config = SyntheticCxrConfig.make(**config_kwargs)
-    predefined = {c.name for c in SyntheticCxr.BUILDER_CONFIGS}
-    return SyntheticCxr(config=config.name if config.name in predefined else config,
-                        data_dir=str(data_dir))
+    return _common.builder_for(SyntheticCxr, config, data_dir)
