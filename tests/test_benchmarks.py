@@ -26,7 +26,8 @@ needs_jax = pytest.mark.skipif(
                         "gpu_train.py's Keras-on-JAX path on a CPU")
 TORCH_SCRIPTS = ("torch_reference.py", "torch_bench.py")
 SCRIPTS = ("run_all.py", "segmenter_size.py", "serving_latency.py", "gpu_train.py",
-           "keras_bench.py", "data_throughput.py") + TORCH_SCRIPTS
+           "keras_bench.py", "data_throughput.py", "serving_warmup.py", "validation_trace.py",
+           "segmenter_recipe.py") + TORCH_SCRIPTS
 
 # Makes `import tensorflow` fail, as on the GPU host (PyTorch and JAX, no TensorFlow).
 HIDE_TENSORFLOW = """
@@ -112,6 +113,17 @@ def test_serving_warmup_smoke(tmp_path):
                                                    if x.startswith("{")])}
     assert rows["cold"]["first_call_ms"] > 0 and rows["warmup"]["warmup_replay_s"] > 0
     assert rows["batch"]["batch_16_images_per_s"] > 0
+
+
+def test_validation_trace_smoke():
+    out = run(["benchmarks/validation_trace.py", "--backbone=densenet_tiny", "--input_size=64",
+               "--images=10", "--batch_size=4", "--passes=2"])
+    rows = {r["mode"]: r for r in map(json.loads, [x for x in out.splitlines()
+                                                   if x.startswith("{")])}
+    # One trace per pass with a fresh runner, one in all with a reused one (the last, smaller
+    # batch of 2 shares the trace: the batch dimension is open).
+    assert rows["fresh"]["traces"] == 2 and rows["reused"]["traces"] == 1
+    assert len(rows["reused"]["pass_seconds"]) == 2
 
 
 def test_keras_bench_tensorflow_smoke():
