@@ -5,8 +5,11 @@
       segmenter/              best.keras, history.json, experiment.json, checkpoints/, tensorboard/
       classifier/             the same for CXR-IRNet (classifier_<variant>/ for the others)
       eval/                   report.json, report.md, predictions.csv, figures, overlays
+                              (+ segmenter_coverage.json, segmenter_contact_sheet.png when a
+                              segmenter is screened on films without masks)
       export/<version>/       SavedModel for TF Serving
-      ablation/<clean|shortcut>/   cxr-ablation's runs and tables
+      ablation/<clean|shortcut>/   cxr-ablation's runs and tables: classifier_<variant>/ and
+                              eval_<variant>/ for every variant, CXR-IRNet included
 
 and inside each training run directory:
 
@@ -37,6 +40,8 @@ TENSORBOARD = "tensorboard"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PREDICTIONS_CSV = "predictions.csv"
+SEGMENTER_COVERAGE_JSON = "segmenter_coverage.json"
+SEGMENTER_CONTACT_SHEET = "segmenter_contact_sheet.png"
 
 
 def data_dir(work_dir):
@@ -70,6 +75,14 @@ def ablation_dir(work_dir):
     return os.path.join(str(work_dir), ABLATION)
 
 
+def ablation_run_dirs(work_dir, variant):
+    """(WORK_DIR/classifier_<variant>, WORK_DIR/eval_<variant>): one ablation variant's training
+    run and its evaluation. Every variant gets a suffix, CXR-IRNet included, so an ablation's runs
+    sit side by side and never collide with a plain run's classifier/ and eval/."""
+    return (os.path.join(str(work_dir), f"{CLASSIFIER}_{variant}"),
+            os.path.join(str(work_dir), f"{EVAL}_{variant}"))
+
+
 def best_model(run_dir):
     """RUN_DIR/best.keras."""
     return os.path.join(str(run_dir), BEST_MODEL)
@@ -78,3 +91,13 @@ def best_model(run_dir):
 def report_json(out_dir):
     """OUT_DIR/report.json of an evaluation."""
     return os.path.join(str(out_dir), REPORT_JSON)
+
+
+def history(run_dir):
+    """RUN_DIR/history.json."""
+    return os.path.join(str(run_dir), HISTORY)
+
+
+def experiment(run_dir):
+    """RUN_DIR/experiment.json."""
+    return os.path.join(str(run_dir), EXPERIMENT)

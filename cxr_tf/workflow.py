@@ -239,11 +239,11 @@ def _screen_segmenter(segmenter, segmenter_path, builder, split, config, out_dir
         segmenter, builder, split, min_coverage=clf.min_mask_coverage,
         threshold=clf.mask_threshold, dilation=clf.mask_dilation, **geometry)
     summary["model"] = os.path.abspath(segmenter_path)
-    files.write_json_atomic(os.path.join(out_dir, "segmenter_coverage.json"), records)
+    files.write_json_atomic(os.path.join(out_dir, layout.SEGMENTER_COVERAGE_JSON), records)
     if max_overlays:
         sheet = screening.contact_sheet(
             segmenter, builder, split, screening.choose_for_sheet(records),
-            os.path.join(out_dir, "segmenter_contact_sheet.png"), threshold=clf.mask_threshold,
+            os.path.join(out_dir, layout.SEGMENTER_CONTACT_SHEET), threshold=clf.mask_threshold,
             dilation=clf.mask_dilation, **geometry)
         summary["contact_sheet"] = os.path.relpath(sheet, out_dir)
     log.info("Segmenter mask coverage on %s %s:\n%s", builder.info.full_name, split,
@@ -418,7 +418,7 @@ def run_ablation(config, data_dir, work_dir, variants=ablation_lib.VARIANTS, ove
     for variant in variants:
         cfg = ablation_lib.variant_config(config, variant, overrides)
         spec = configs_lib.VARIANTS[variant]
-        run_dir = os.path.join(work_dir, f"classifier_{variant}")
+        run_dir, eval_dir = layout.ablation_run_dirs(work_dir, variant)
         log.info("Ablation: %s (%s backbone, %d px)", variant,
                  cfg.classifier.backbone or spec.backbone, cfg.classifier.input_size)
         t0 = time.time()
@@ -426,7 +426,6 @@ def run_ablation(config, data_dir, work_dir, variants=ablation_lib.VARIANTS, ove
             cfg, builder, run_dir,
             segmenter_path=segmenter_path if spec.feature_weighting else None, verbose=verbose)
         wall_train = time.time() - t0
-        eval_dir = os.path.join(work_dir, f"eval_{variant}")
         t0 = time.time()
         rep = evaluate(best, builder, cfg, eval_dir, split="test", n_resamples=n_resamples,
                        max_overlays=max_overlays)

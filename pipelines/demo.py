@@ -77,7 +77,7 @@ def main(argv):
     print(f"lung Dice {seg['lungs']['dice']:.4f}")
     print(f"heart Dice {seg['heart']['dice']:.4f}")
     print(f"work_dir {work_dir}")
-    print(f"report {os.path.join(eval_dir, 'report.md')}")
+    print(f"report {os.path.join(eval_dir, workflow.layout.REPORT_MD)}")
     print(f"saved_model {export_path}")
 
 

@@ -113,7 +113,7 @@ def main(argv):
     if "segmentation" in report:
         print("segmentation Dice " + ", ".join(
             f"{k} {v['dice']:.4f}" for k, v in report["segmentation"]["structures"].items()))
-    print(f"report {os.path.join(out_dir, 'report.md')}")
+    print(f"report {os.path.join(out_dir, workflow.layout.REPORT_MD)}")
 
 
 def run():

@@ -252,7 +252,8 @@ def setup_logging():
 
 def data_dir():
     """--data_dir, or WORK_DIR/tfds."""
-    return FLAGS.data_dir or os.path.join(FLAGS.work_dir, "tfds")
+    from cxr_tf import workflow  # here, not at the top: --help stays fast without TensorFlow
+    return FLAGS.data_dir or workflow.layout.data_dir(FLAGS.work_dir)
 
 
 def experiment_config(base=None):

@@ -47,3 +47,26 @@ def test_binaries_import_the_facade_only():
         imported = {m for m in graph.find_modules_directly_imported_by(module)
                     if m.startswith("cxr_tf")}
         assert imported <= allowed, (module, imported - allowed)
+
+
+def test_work_directory_names_are_spelled_only_in_layout():
+    """Every path into a work directory is built from cxr_tf.layout's names, so moving a folder
+    is a one-line change there: no other module joins one of those names as a literal."""
+    import ast
+    import pathlib
+
+    from cxr_tf import layout
+    names = {v for k, v in vars(layout).items() if k.isupper() and isinstance(v, str)}
+    root = pathlib.Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted([*root.glob("cxr_tf/**/*.py"), *root.glob("pipelines/*.py"),
+                        *root.glob("tools/*.py")]):
+        if path.name == "layout.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "join"):
+                for arg in node.args:
+                    if isinstance(arg, ast.Constant) and arg.value in names:
+                        found.append(f"{path.relative_to(root)}:{node.lineno} {arg.value!r}")
+    assert found == [], "work-directory names outside cxr_tf/layout.py:\n" + "\n".join(found)

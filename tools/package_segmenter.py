@@ -55,14 +55,14 @@ TERMS = {
 
 
 def _builder(config, name, work_dir, manual_dir):
-    from cxr_tf import workflow
+    from cxr_tf import layout, workflow
     data = dataclasses.replace(config.data, dataset=name)
     return workflow.build_data(dataclasses.replace(config, data=data),
-                               os.path.join(work_dir, "tfds"), manual_dir)
+                               layout.data_dir(work_dir), manual_dir)
 
 
 def _score(model, builder, split, config, out_dir):
-    from cxr_tf import workflow
+    from cxr_tf import layout, workflow
     report = workflow.evaluate(None, builder, config, out_dir, split=split,
                                segmenter_path=model, n_resamples=2000)
     seg = report["segmentation"]
@@ -72,7 +72,7 @@ def _score(model, builder, split, config, out_dir):
                                "iou": v["iou"], "n_images": v["n_images"]}
                            for k, v in seg["structures"].items()},
             "worst": seg["worst"],
-            "report": os.path.join(os.path.basename(out_dir), "report.md")}  # under --work_dir
+            "report": os.path.join(os.path.basename(out_dir), layout.REPORT_MD)}  # under --work_dir
 
 
 def _screen(model, config, work_dir, cxr14_dir):
@@ -216,7 +216,7 @@ def main():
     sys.path.insert(0, ROOT)
     import logging
 
-    from cxr_tf import configs, pretrained
+    from cxr_tf import configs, layout, pretrained
     from cxr_tf.models import load_model
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("cxr_tf").setLevel(logging.INFO)
@@ -235,9 +235,9 @@ def main():
             loo[f"{name}_{split}"] = _score(path, builders[name], split, config,
                                             os.path.join(args.work_dir, f"loo_{name}_{split}"))
     run_dir = os.path.dirname(os.path.abspath(args.model))
-    with open(os.path.join(run_dir, "history.json")) as f:
+    with open(layout.history(run_dir)) as f:
         history = json.load(f)
-    with open(os.path.join(run_dir, "experiment.json")) as f:
+    with open(layout.experiment(run_dir)) as f:
         experiment = json.load(f)
     seg = experiment["config"]["segmenter"]
     best = max(history, key=lambda h: h["val_mean_dice"])

@@ -95,8 +95,3 @@ def load_split(builder, split):
     # TFDS would cache small splits on its own; pipelines cache explicitly when configured.
     return builder.as_dataset(split=split, shuffle_files=False,
                               read_config=tfds.ReadConfig(try_autocache=False))
-
-
-def data_dir_of(work_dir):
-    """Where the data sets of a work directory live."""
-    return os.path.join(str(work_dir), "tfds")
