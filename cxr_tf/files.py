@@ -7,13 +7,19 @@ Temporary names start with `.tmp-`, which the project's readers ignore.
 """
 
 import contextlib
+import contextvars
+import datetime
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
+
+from cxr_tf import errors
 
 log = logging.getLogger("cxr_tf")
 
@@ -32,12 +38,18 @@ def atomic_path(path):
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as e:
+        _remove(tmp)
+        if isinstance(e, OSError) and not e.filename:  # e.g. "[Errno 27] File too large"
+            raise OSError(e.errno, f"{e.strerror or e} while writing {path}") from e
         raise
+
+
+def _remove(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
 
 
 def write_bytes_atomic(path, data):
@@ -61,8 +73,11 @@ def write_json_atomic(path, obj, indent=2):
 def save_model_atomic(model, path):
     """Saves a Keras model to a `.keras` file, whole or not at all."""
     with atomic_path(path) as tmp:
-        model.save(tmp + ".keras")  # Keras insists on the extension
-        os.replace(tmp + ".keras", tmp)
+        try:
+            model.save(tmp + ".keras")  # Keras insists on the extension
+            os.replace(tmp + ".keras", tmp)
+        finally:
+            _remove(tmp + ".keras")
 
 
 def remove_stale_temporaries(directory):
@@ -73,8 +88,7 @@ def remove_stale_temporaries(directory):
         return removed
     for name in sorted(os.listdir(directory)):
         if name.startswith(TMP_PREFIX):
-            path = os.path.join(directory, name)
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+            _remove(os.path.join(directory, name))
             removed.append(name)
     return removed
 
@@ -125,6 +139,101 @@ def exclusive_lock(path, what="cxr_tf"):
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+# ---- One writer per stage -----------------------------------------------------------------------
+
+STAGE_LOCK = ".cxr_tf_stage.lock"
+
+_WAIT_FOR_STAGES = contextvars.ContextVar("cxr_tf_wait_for_stages", default=False)
+# Stage locks this process holds: {real path of the lock file: depth}. A process may enter its
+# own stage again (the facade locks before building data, the trainer again inside).
+_HELD = {}
+_HELD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def waiting_for_stages(wait=True):
+    """Within the block, stage_lock waits for a busy stage instead of refusing it."""
+    token = _WAIT_FOR_STAGES.set(bool(wait))
+    try:
+        yield
+    finally:
+        _WAIT_FOR_STAGES.reset(token)
+
+
+def _holder_of(fd):
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except ValueError:
+        info = {}
+    if not info:
+        return "another process"
+    return (f"process {info.get('pid', '?')} ({info.get('command', '?')}, since "
+            f"{info.get('since', '?')})")
+
+
+@contextlib.contextmanager
+def stage_lock(directory, stage, wait=None):
+    """Holds the write lock of one stage of a work directory (e.g. WORK_DIR/classifier) for the
+    block: a second process that tries to write the same stage is refused at once, or waits
+    with `wait=True` (default: False, or True inside `waiting_for_stages()`).
+
+    The lock is an advisory flock on DIRECTORY/.cxr_tf_stage.lock, which records the holder's
+    process id, command line and start time. It dies with its process (a killed writer never
+    blocks the next one). It covers processes on one machine, and on file systems with working
+    flock (local disks, NFSv4) also across machines; object stores have no such lock.
+    Readers (evaluating a model while another stage trains) take no lock.
+
+    Raises:
+      cxr_tf.errors.StageBusy: naming the stage, the directory and the holding process.
+    """
+    wait = _WAIT_FOR_STAGES.get() if wait is None else wait
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.realpath(os.path.join(directory, STAGE_LOCK))
+    with _HELD_LOCK:
+        if path in _HELD:
+            _HELD[path] += 1
+            reentered = True
+        else:
+            reentered = False
+    if reentered:
+        try:
+            yield
+        finally:
+            with _HELD_LOCK:
+                _HELD[path] -= 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_of(fd)
+            if not wait:
+                raise errors.StageBusy(
+                    f"the {stage} stage {os.path.abspath(directory)} is being written by "
+                    f"{holder}; let it finish or stop it, or rerun with --wait_for_lock to "
+                    f"wait for it") from None
+            log.warning("The %s stage %s is being written by %s: waiting for it", stage,
+                        directory, holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        info = {"pid": os.getpid(), "command": " ".join(
+            [os.path.basename(sys.argv[0]) or "python", *sys.argv[1:]]), "since": since}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        with _HELD_LOCK:
+            _HELD[path] = 1
+        try:
+            yield
+        finally:
+            with _HELD_LOCK:
+                del _HELD[path]
+            os.ftruncate(fd, 0)
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

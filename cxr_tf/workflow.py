@@ -13,6 +13,7 @@ calls them in order. The work directory's layout is cxr_tf.layout (re-exported h
     rest_server / answer_rest_request         TF Serving's REST API offline (cxr-rest)
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -43,10 +44,12 @@ log = logging.getLogger("cxr_tf")
 __all__ = ["layout", "build_data", "build_segmentation_data", "segmenter_for_classifier",
            "load_experiment", "train_segmenter", "train_classifier", "evaluate", "export",
            "run_ablation", "predict_encoded", "file_predictor", "render_overlay", "rest_server",
-           "answer_rest_request", "FilePredictor"]
+           "answer_rest_request", "FilePredictor", "waiting_for_stages"]
 
 FilePredictor = predict_lib.FilePredictor
 SYNTHETIC = datasets.SYNTHETIC
+# Within this block a busy stage is waited for instead of refused (the binaries' --wait_for_lock).
+waiting_for_stages = files.waiting_for_stages
 
 
 def segmenter_for_classifier(work_dir, explicit=None):
@@ -139,6 +142,15 @@ def evaluate(classifier_path, builder, config, out_dir, split="test", segmenter_
     """
     if classifier_path is None and segmenter_path is None:
         raise ValueError("Nothing to evaluate: give a classifier, a segmenter, or both")
+    with _stage(out_dir):
+        return _evaluate(classifier_path, builder, config, out_dir, split, segmenter_path,
+                         n_resamples, signature, box_builder, box_split, cam_threshold,
+                         max_overlays, seg_builder, seg_split)
+
+
+def _evaluate(classifier_path, builder, config, out_dir, split, segmenter_path, n_resamples,
+              signature, box_builder, box_split, cam_threshold, max_overlays, seg_builder,
+              seg_split):
     cam_threshold = localization.DEFAULT_CAM_THRESHOLD if cam_threshold is None else cam_threshold
     os.makedirs(out_dir, exist_ok=True)
     report = {"meta": {"dataset": builder.info.full_name, "split": split},
@@ -336,11 +348,25 @@ def train_segmenter(config, work_dir, data_dir=None, manual_dir=None, strategy="
     configs_lib.check_training_options(config.segmenter, "segmenter")  # before building data
     configs_lib.segmenter_sources(config.segmenter, config.data.dataset)
     distribution = strategies.make_strategy(strategy, tpu_address=tpu)
-    if builders is None:
-        builders = build_segmentation_data(config, data_dir or layout.data_dir(work_dir),
-                                           manual_dir)
-    return train.train_segmenter(config, builders, layout.segmenter_dir(work_dir),
-                                 strategy=distribution, verbose=verbose)
+    run_dir = layout.segmenter_dir(work_dir)
+    with _stage(run_dir, distribution):  # refused before any data is built
+        if builders is None:
+            builders = build_segmentation_data(config, data_dir or layout.data_dir(work_dir),
+                                               manual_dir)
+        return train.train_segmenter(config, builders, run_dir, strategy=distribution,
+                                     verbose=verbose)
+
+
+def _stage(directory, strategy=None, stage=None):
+    """The stage lock of `directory` (files.stage_lock, the stage named `stage` or like the
+    directory; the chief's only under multi-worker training), with damaged records met inside
+    named (datasets.naming_damage)."""
+    stack = contextlib.ExitStack()
+    if strategy is None or strategies.is_chief(strategy):
+        stack.enter_context(files.stage_lock(
+            directory, stage or os.path.basename(os.path.normpath(directory))))
+    stack.enter_context(datasets.naming_damage())
+    return stack
 
 
 def train_classifier(config, work_dir, data_dir=None, manual_dir=None, strategy="default",
@@ -353,20 +379,22 @@ def train_classifier(config, work_dir, data_dir=None, manual_dir=None, strategy=
       config, work_dir, data_dir, manual_dir, strategy, tpu, verbose: as train_segmenter.
       segmenter: the segmenter (.keras) of a variant with feature weighting (default: see
         segmenter_for_classifier).
-      backbone_weights: optional local weights file for the backbone.
+      backbone_weights: None (random init), "imagenet" (from the Keras cache, downloaded once
+        where the network is reachable) or a local weights file.
       builder: an already built data set instead.
     """
     configs_lib.check_training_options(config.classifier, "classifier")
     distribution = strategies.make_strategy(strategy, tpu_address=tpu)
-    if builder is None:
-        builder = build_data(config, data_dir or layout.data_dir(work_dir), manual_dir)
-    segmenter_path = None
-    if configs_lib.variant(config.classifier.variant).feature_weighting:
-        segmenter_path, _ = segmenter_for_classifier(work_dir, segmenter)
-    return train.train_classifier(
-        config, builder, layout.classifier_dir(work_dir, config.classifier.variant),
-        segmenter_path=segmenter_path, strategy=distribution, backbone_weights=backbone_weights,
-        verbose=verbose)
+    run_dir = layout.classifier_dir(work_dir, config.classifier.variant)
+    with _stage(run_dir, distribution):  # refused before any data is built
+        if builder is None:
+            builder = build_data(config, data_dir or layout.data_dir(work_dir), manual_dir)
+        segmenter_path = None
+        if configs_lib.variant(config.classifier.variant).feature_weighting:
+            segmenter_path, _ = segmenter_for_classifier(work_dir, segmenter)
+        return train.train_classifier(
+            config, builder, run_dir, segmenter_path=segmenter_path, strategy=distribution,
+            backbone_weights=backbone_weights, verbose=verbose)
 
 
 # ---- Ablation -----------------------------------------------------------------------------------
@@ -403,7 +431,13 @@ def run_ablation(config, data_dir, work_dir, variants=ablation_lib.VARIANTS, ove
     if unknown:
         raise ValueError(f"Unknown variants {unknown}; expected some of "
                          f"{', '.join(ablation_lib.VARIANTS)}")
-    os.makedirs(work_dir, exist_ok=True)
+    with _stage(work_dir, stage="ablation"):
+        return _run_ablation(config, data_dir, work_dir, variants, overrides, segmenter_path,
+                             n_resamples, max_overlays, manual_dir, verbose)
+
+
+def _run_ablation(config, data_dir, work_dir, variants, overrides, segmenter_path, n_resamples,
+                  max_overlays, manual_dir, verbose):
     t_start = time.time()
     builder = build_data(config, data_dir, manual_dir=manual_dir)
     needs_segmenter = any(configs_lib.VARIANTS[v].feature_weighting for v in variants)

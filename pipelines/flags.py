@@ -9,34 +9,65 @@ import os
 
 from absl import flags
 
-from cxr_tf import configs
+from cxr_tf import configs, errors
 
 FLAGS = flags.FLAGS
+EXIT_CODES = errors.EXIT_CODES  # exit code of each failure class (docs/errors.md)
 
-flags.DEFINE_bool("traceback", False, "On an error, print Python's full traceback instead of "
-                  "the one-line message.")
+flags.DEFINE_bool("traceback", False, "On a known failure (exit codes 2-8, docs/errors.md), "
+                  "print Python's full traceback instead of the one-line message (absl's "
+                  "--pdb opens the debugger instead).")
+flags.DEFINE_bool("wait_for_lock", False, "When another process is writing the same stage of "
+                  "the work directory (segmenter/, classifier/, eval/, an ablation), wait for it "
+                  "instead of stopping at once with exit code 8.")
+
+
+def _binary_name():
+    import sys
+    return os.path.basename(sys.argv[0]) or "cxr_tf"
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a bad or missing flag reported as one line and exit code 2."""
+    import sys
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"{_binary_name()}: error: {errors.one_line(e)} (see --help)", file=sys.stderr)
+        sys.exit(errors.EXIT_CODES["usage"])
 
 
 def run(main):
-    """app.run(main), with the errors a user can act on (bad input, a missing or unreadable
-    file, a refused setting: ValueError and OSError, including cxr_tf's DataError and
-    ResumeMismatch) printed as one clear message on stderr and exit status 1, without a
-    traceback unless --traceback is given."""
+    """app.run(main), ending every known failure (cxr_tf.errors.classify: bad flags or config,
+    missing or damaged data, divergence, a full disk or a file-size limit, permission denied, a
+    file that is not a model, a busy stage) with one line `<binary>: error: <message>` on stderr
+    and the exit code of its class (docs/errors.md); preemption exits 42 from TensorFlow's
+    handler. Unknown failures keep their traceback (exit 1); --traceback or --pdb shows it for
+    known ones too."""
     import sys
+
+    from absl import app
 
     def friendly(argv):
         try:
+            if FLAGS.wait_for_lock:
+                from cxr_tf import workflow
+                with workflow.waiting_for_stages():
+                    return main(argv)
             return main(argv)
-        except (ValueError, OSError) as e:
+        except app.UsageError as e:
             if FLAGS.traceback:
                 raise
-            name = os.path.basename(sys.argv[0]) or "cxr_tf"
-            print(f"{name}: error: {e}", file=sys.stderr)
-            print("(add --traceback to see where it happened)", file=sys.stderr)
-            return 1
+            print(f"{_binary_name()}: error: {errors.one_line(e)}", file=sys.stderr)
+            return errors.EXIT_CODES["usage"]
+        except Exception as e:
+            kind = errors.classify(e)
+            if kind is None or FLAGS.traceback or FLAGS["pdb_post_mortem"].value:
+                raise
+            print(f"{_binary_name()}: error: {errors.message(e, kind)}", file=sys.stderr)
+            return errors.EXIT_CODES[kind]
 
-    from absl import app
-    app.run(friendly)
+    app.run(friendly, flags_parser=_parse_flags)
 
 
 # {section: {field: flag name}} of the config flags this binary defined (experiment_config
@@ -109,9 +140,12 @@ def define_classifier():
     """One flag per ClassifierConfig field (architecture and training), --backbone_weights and
     --segmenter."""
     define_section("classifier")
-    flags.DEFINE_string("backbone_weights", None, "Optional local weights file for the backbone "
-                        "(e.g. ImageNet weights for keras.applications DenseNet121). Nothing is "
-                        "ever downloaded.")
+    flags.DEFINE_string("backbone_weights", None, "Backbone start: 'imagenet' for "
+                        "keras.applications' ImageNet weights (densenet121, resnet50), taken "
+                        "from the Keras cache ($KERAS_HOME or ~/.keras, models/) or downloaded "
+                        "into it once where the network is reachable; offline without the "
+                        "cached file the run stops and names the file to place there. Or the "
+                        "path of a local weights file. Default: random initialisation.")
     flags.DEFINE_string("segmenter", None, "Trained segmenter (.keras) for feature weighting "
                         "(default WORK_DIR/segmenter/best.keras when trained there, else the "
                         "segmenter shipped with cxr_tf; see cxr_tf/pretrained/MODEL_CARD.md).")

@@ -11,7 +11,7 @@ as `overlay`.
 
 Folders are searched recursively for .png, .jpg, .jpeg, .dcm, .dicom files and for DICOM files
 without a suffix. DICOM: modality LUT / rescale, VOI LUT or window applied, MONOCHROME1 inverted.
-Unreadable files are reported on stderr and skipped; the exit status is 1 if any file failed
+Unreadable files are reported on stderr and skipped; the exit status is 3 if any file failed
 (or none was found), 2 on a usage error. --output is written only when the run completes
 (never a partial file); overlays are written whole or not at all.
 """
@@ -61,8 +61,7 @@ def main(argv):
         print(f"skipped {path}: not a .png, .jpg, .jpeg, .dcm or .dicom file (nor DICOM "
               f"without a suffix)", file=sys.stderr)
     if not paths:
-        print(f"error no PNG, JPEG or DICOM files found in {', '.join(inputs)}", file=sys.stderr)
-        return 1
+        raise FileNotFoundError(f"no PNG, JPEG or DICOM files found in {', '.join(inputs)}")
     if f.overlay_dir:
         os.makedirs(f.overlay_dir, exist_ok=True)
     meta = predictor.meta
@@ -99,7 +98,8 @@ def main(argv):
         workflow.write_atomic(f.output, "".join(x + "\n" for x in lines))
     print(f"{predicted} predicted, {failed} failed, {len(skipped)} skipped",
           file=sys.stderr)
-    return 1 if failed else 0
+    # Some inputs unreadable: the data class (docs/errors.md), each file named above.
+    return cxr_flags.EXIT_CODES["data"] if failed else 0
 
 
 def run():

@@ -71,8 +71,9 @@ def main(argv):
     status, response = workflow.answer_rest_request(f.model, body)
     print(json.dumps(response, indent=1))
     if status != 200:
+        # A refused request (HTTP 4xx) is the caller's to fix: the usage class (docs/errors.md).
         print(f"HTTP {status}", file=sys.stderr)
-        return 1
+        return cxr_flags.EXIT_CODES["usage"] if 400 <= status < 500 else 1
     return 0
 
 

@@ -58,7 +58,7 @@ def test_every_binary_on_the_tiny_config(tmp_path):
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (images / "notes.txt").write_text("ignored")
     proc = run("predict", f"--model={os.path.join(work, 'export')}", str(images), check=False)
-    assert proc.returncode == 1, proc.stderr  # one file failed
+    assert proc.returncode == 3, proc.stderr  # one file failed (data, docs/errors.md)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert sorted(os.path.basename(r["file"]) for r in lines) == ["a.png", "b.jpg"]
     assert all(len(r["probabilities"]) == 14 for r in lines)

@@ -148,10 +148,11 @@ def test_two_local_workers_share_the_batches_and_follow_one_device(tiny_builder,
     assert len(w0.files) == len(w1.files) > 100
     for key in w0.files:
         np.testing.assert_array_equal(w0[key], w1[key], err_msg=key)
-    # Only the chief (worker 0) wrote files; worker 1's scratch checkpoints are gone.
+    # Only the chief (worker 0) wrote files, holding the stage lock; worker 1's scratch
+    # checkpoints are gone.
     work = tmp_path / "work"
-    assert sorted(os.listdir(work)) == ["best.keras", "checkpoints", "experiment.json",
-                                        "history.json", "tensorboard"]
+    assert sorted(os.listdir(work)) == [".cxr_tf_stage.lock", "best.keras", "checkpoints",
+                                        "experiment.json", "history.json", "tensorboard"]
     with open(work / "experiment.json") as f:
         assert json.load(f)["replicas"] == 2
     with open(work / "history.json") as f:

@@ -129,7 +129,7 @@ def test_unet_rejects_sizes_that_do_not_divide():
 
 
 def test_missing_backbone_weights_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="never downloads"):
+    with pytest.raises(FileNotFoundError, match="none.h5.*or .imagenet. for"):
         build_classifier("chexnet", input_size=SIZE, backbone_weights=str(tmp_path / "none.h5"))
 
 

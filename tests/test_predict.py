@@ -55,7 +55,7 @@ def test_predict_command_on_a_mixed_folder(export_path, image_folder, tmp_path):
     overlays = tmp_path / "overlays"
     proc = run(f"--model={os.path.dirname(export_path)}", f"--output={out_file}",
                f"--overlay_dir={overlays}", "--batch_size=3", str(image_folder))
-    assert proc.returncode == 1, proc.stderr[-3000:]  # two files failed
+    assert proc.returncode == 3, proc.stderr[-3000:]  # two files failed (data)
     assert proc.stdout == ""
     lines = [json.loads(line) for line in out_file.read_text().splitlines()]
     names = [os.path.basename(r["file"]) for r in lines]
@@ -115,7 +115,7 @@ def test_usage_errors_exit_2_and_empty_folders_fail(export_path, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = run(f"--model={export_path}", str(empty))
-    assert proc.returncode == 1 and "no PNG, JPEG or DICOM files found" in proc.stderr
+    assert proc.returncode == 3 and "no PNG, JPEG or DICOM files found" in proc.stderr
 
 
 def test_batches_match_single_files_and_bad_files_do_not_spoil_a_batch(predictor, tmp_path):

@@ -1,12 +1,24 @@
-"""Finding, building and reading cxr_tf's TFDS data sets."""
+"""Finding, building and reading cxr_tf's TFDS data sets.
 
+Built records are checked before they are read: every shard a split needs must be there with
+the byte size the build wrote (kept in cxr_tf_shards.json beside TFDS's dataset_info.json), so a
+deleted or cut shard is named before a run starts. A record damaged inside a shard of the right
+size (its checksum fails) is only found while reading; `naming_damage()` turns TensorFlow's
+DataLossError, which names no file, into a DamagedData error naming the data set, split and
+shard, found by re-reading the shards of the splits the block read.
+"""
+
+import contextlib
+import json
 import logging
 import os
 import shutil
+import threading
 
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cxr_tf import files
+from cxr_tf import errors, files
 
 # Importing a builder module registers it with TFDS.
 from cxr_tf.data.builders import chestxray14, jsrt_scr, montgomery, shenzhen, synthetic_cxr
@@ -81,6 +93,7 @@ def prepare(builder, manual_dir=None):
             if not builder.is_prepared():
                 log.info("Building %s into %s", builder.info.full_name, builder.data_dir)
             builder.download_and_prepare(download_config=config)
+            write_shard_manifest(builder)
         return builder
     builder.download_and_prepare(download_config=config)
     return builder
@@ -93,5 +106,159 @@ def load_split(builder, split):
         raise ValueError(f"Split {split!r} not in {builder.info.full_name}; available: "
                          f"{', '.join(available)}")
     # TFDS would cache small splits on its own; pipelines cache explicitly when configured.
+    verify_split(builder, split)
+    with _READ_LOCK:
+        _READ.append((builder, split))
     return builder.as_dataset(split=split, shuffle_files=False,
                               read_config=tfds.ReadConfig(try_autocache=False))
+
+
+# ---- Checking built records -------------------------------------------------------------------
+
+SHARDS_MANIFEST = "cxr_tf_shards.json"
+# Bytes of TFRecord framing per record (8 of length, 4 + 4 of CRC): a shard's size is the sum of
+# its serialised examples (TFDS's num_bytes) plus this for each record.
+TFRECORD_FRAMING = 16
+
+# (builder, split) of every load_split in this process, in order: what naming_damage re-reads.
+_READ = []
+_READ_LOCK = threading.Lock()
+
+
+def _shards(builder, split):
+    """[(path, examples)] of one split's shard files, as TFDS's dataset_info records them."""
+    info = builder.info.splits[split]
+    return [(os.fspath(p), int(n)) for p, n in zip(info.filepaths, info.shard_lengths)]
+
+
+def _rebuild_hint(builder):
+    return (f"remove {builder.data_dir} and run the same command again to rebuild it (phantoms "
+            f"are regenerated; a real data set also needs --manual_dir=<its raw copy>), or run "
+            f"cxr-build-dataset with the flags that built it")
+
+
+def write_shard_manifest(builder):
+    """Records the byte size and example count of every shard of a prepared builder in
+    SHARDS_MANIFEST (written whole or not at all); verify_split compares against it."""
+    manifest = {split: [{"file": os.path.basename(p), "bytes": os.path.getsize(p),
+                         "examples": n} for p, n in _shards(builder, split)]
+                for split in builder.info.splits}
+    files.write_json_atomic(os.path.join(builder.data_dir, SHARDS_MANIFEST), manifest)
+    return manifest
+
+
+def _read_manifest(builder):
+    path = os.path.join(builder.data_dir, SHARDS_MANIFEST)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise errors.DamagedData(f"{path} cannot be read ({e}): {_rebuild_hint(builder)}") from e
+
+
+def verify_split(builder, split):
+    """Checks that every shard file of `split` is present with the size the build wrote.
+
+    Against cxr_tf_shards.json when the build wrote one (cxr-build-dataset does); for records
+    built otherwise (`tfds build`), against TFDS's own byte count of the split, then writes the
+    manifest when they agree.
+
+    Raises:
+      cxr_tf.errors.DamagedData: naming the data set, split and shard file (missing, shorter or
+        longer than written) and how to rebuild it.
+    """
+    name = builder.info.full_name
+    shards = _shards(builder, split)
+    missing = [p for p, _ in shards if not os.path.exists(p)]
+    if missing:
+        raise errors.DamagedData(
+            f"{name} split {split!r}: shard file {missing[0]} is missing"
+            f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+            f"{_rebuild_hint(builder)}")
+    manifest = _read_manifest(builder)
+    if manifest is not None and split in manifest:
+        written = {s["file"]: s for s in manifest[split]}
+        for path, _ in shards:
+            want = written.get(os.path.basename(path))
+            size = os.path.getsize(path)
+            if want is not None and size != want["bytes"]:
+                raise errors.DamagedData(
+                    f"{name} split {split!r}: shard file {path} is {size:,} bytes, the build "
+                    f"wrote {want['bytes']:,} ({'cut short' if size < want['bytes'] else 'grown'}"
+                    f"); {_rebuild_hint(builder)}")
+        return
+    info = builder.info.splits[split]
+    expected = int(info.num_bytes) + TFRECORD_FRAMING * int(info.num_examples)
+    found = sum(os.path.getsize(p) for p, _ in shards)
+    if int(info.num_bytes) and found != expected:
+        damage = _scan_shards(builder, split)
+        where = f"shard file {damage[0][0]} {damage[0][1]}" if damage else (
+            f"its shard files hold {found:,} bytes, the build wrote {expected:,}")
+        raise errors.DamagedData(f"{name} split {split!r}: {where}; {_rebuild_hint(builder)}")
+    try:
+        write_shard_manifest(builder)
+    except OSError:
+        pass  # a read-only copy: checked by total size, which is all that can be done
+
+
+def _scan_shards(builder, split):
+    """[(path, what is wrong)] of the shards of `split` that are missing, hold fewer or more
+    records than the build wrote, or fail TFRecord's checksums (reads every record)."""
+    damaged = []
+    for path, n in _shards(builder, split):
+        if not os.path.exists(path):
+            damaged.append((path, "is missing"))
+            continue
+        count = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                count += 1
+        except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
+            damaged.append((path, f"is damaged after record {count} of {n} "
+                                  f"({errors.one_line(e)})"))
+            continue
+        if count != n:
+            damaged.append((path, f"holds {count} records, the build wrote {n}"))
+    return damaged
+
+
+def locate_damage(read=None):
+    """Re-reads the shards of the splits read in this process (or of `read`, a list of
+    (builder, split)) and returns [(data set, split, shard path, what is wrong)]."""
+    with _READ_LOCK:
+        read = list(_READ if read is None else read)
+    found, seen = [], set()
+    for builder, split in read:
+        key = (builder.data_dir, split)
+        if key in seen or not os.path.isdir(builder.data_dir):
+            continue
+        seen.add(key)
+        for path, what in _scan_shards(builder, split):
+            found.append((builder.info.full_name, split, path, what))
+    return found
+
+
+@contextlib.contextmanager
+def naming_damage():
+    """Turns a DataLossError (a record failing its checksum, a shard cut short) or a
+    NotFoundError of a shard, raised while the block reads built records, into DamagedData
+    naming the data set, split and shard file; other errors pass unchanged."""
+    with _READ_LOCK:
+        first = len(_READ)
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.NotFoundError) as e:
+        with _READ_LOCK:
+            read = _READ[first:] or list(_READ)
+        log.info("Reading a data set failed (%s); re-reading its shards to find the damage",
+                 type(e).__name__)
+        found = locate_damage(read)
+        if not found:
+            raise
+        name, split, path, what = found[0]
+        builder = next(b for b, s in read if b.info.full_name == name)
+        more = f" ({len(found) - 1} more damaged shard(s))" if len(found) > 1 else ""
+        raise errors.DamagedData(f"{name} split {split!r}: shard file {path} {what}{more}; "
+                                 f"{_rebuild_hint(builder)}") from e

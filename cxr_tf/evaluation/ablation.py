@@ -72,7 +72,7 @@ def _history_summary(run_dir):
     if not os.path.exists(path):
         return {"epochs": None, "train_seconds": None}
     with open(path) as f:
-        history = json.load(f)
+        history = [h for h in json.load(f) if not h.get("diverged")]
     return {"epochs": len(history),
             "train_seconds": float(sum(h.get("train_seconds", 0.0) for h in history))}
 

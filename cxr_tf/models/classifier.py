@@ -6,7 +6,7 @@ import zipfile
 import keras
 from keras import ops
 
-from cxr_tf import configs
+from cxr_tf import configs, errors
 from cxr_tf import labels as labels_lib
 from cxr_tf.models import backbones
 from cxr_tf.models.layers import (
@@ -61,7 +61,8 @@ class CXRClassifier(keras.Model):
         layers.FeatureWeighting).
       feature_activation: None (paper) or "sigmoid" (the authors' code squashes features before
         masking).
-      backbone_weights: optional local weights file for the backbone (random init when None).
+      backbone_weights: None (random init), "imagenet" or a local weights file (see
+        backbones.build_backbone).
       dropout: dropout rate before the head (0 in the paper).
       label_names: the classes, in output order; defaults to labels.FINDINGS.
     """
@@ -194,28 +195,30 @@ def load_model(path):
 
     Raises:
       FileNotFoundError: no file at `path`.
-      ValueError: naming the file, when it is not a Keras model file (empty, text, truncated,
-        a directory) or holds something other than a cxr_tf classifier or segmenter.
+      cxr_tf.errors.NotAModelFile (a ValueError): naming the file, when it is not a Keras model
+        file (empty, text, truncated, a directory) or holds something other than a cxr_tf
+        classifier or segmenter.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file (expected a .keras model saved by cxr_tf)")
+    not_a_model = errors.NotAModelFile
     if os.path.isdir(path):
-        raise ValueError(f"{path} is a directory, not a .keras model file (an exported "
-                         f"SavedModel? give the .keras file written by training)")
+        raise not_a_model(f"{path} is a directory, not a .keras model file (an exported "
+                          f"SavedModel? give the .keras file written by training)")
     size = os.path.getsize(path)
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             head = f.read(16)
         what = "an empty file" if not size else f"{size:,} bytes starting with {head!r}"
-        raise ValueError(f"{path} is not a Keras model file (a .keras file is a zip archive; "
-                         f"this is {what}): truncated, corrupt or not a model; retrain, or "
-                         f"copy the file again")
+        raise not_a_model(f"{path} is not a Keras model file (a .keras file is a zip archive; "
+                          f"this is {what}): truncated, corrupt or not a model; retrain, or "
+                          f"copy the file again")
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:  # Keras raises many types for damaged archives
-        raise ValueError(f"{path}: cannot load the Keras model ({type(e).__name__}: "
-                         f"{str(e)[:300]})") from e
+        raise not_a_model(f"{path}: cannot load the Keras model ({type(e).__name__}: "
+                          f"{str(e)[:300]})") from e
     if isinstance(model, CXRClassifier):
         labels_lib.check_label_names(model.label_names, what=f"model {path}")
     elif isinstance(model, UNetSegmenter):
@@ -223,6 +226,6 @@ def load_model(path):
             raise ValueError(f"Segmenter {path} outputs {model.structures}, expected "
                              f"{labels_lib.STRUCTURES}")
     else:
-        raise ValueError(f"{path} holds a {type(model).__name__}, not a cxr_tf CXRClassifier or "
-                         f"UNetSegmenter")
+        raise not_a_model(f"{path} holds a {type(model).__name__}, not a cxr_tf CXRClassifier "
+                          f"or UNetSegmenter")
     return model

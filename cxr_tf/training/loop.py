@@ -11,7 +11,9 @@ Files in `work_dir` (written by the chief worker only):
                   `checkpoint_every_steps`, every N steps. Non-chief workers write theirs to
                   `workertemp_<id>/` and delete it again, as TensorFlow recommends.
   best.keras      the model with the best validation score so far (selection on validation only).
-  history.json    one record per epoch: loss, learning rate, images/s, validation metrics.
+  history.json    one record per epoch: loss, learning rate, images/s, validation metrics; and
+                  one {"diverged": true, ...} record where training diverged (step, learning
+                  rate, the checkpoint a rerun resumes from).
   tensorboard/    TensorBoard event files: per-step loss, learning rate and images/s, per-epoch
                   validation metrics (e.g. per-class AUROC).
 
@@ -39,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from cxr_tf import files, layout
+from cxr_tf import errors, files, layout
 from cxr_tf.data.pipeline import EpochInput
 from cxr_tf.training import strategies
 
@@ -184,6 +186,9 @@ class Trainer:
         self._train_step_batch = None
         self._state_sync = "unbuilt"
         self._position = {"step_in_epoch": 0, "global_step": 0, "epoch_loss_sum": 0.0}
+        # A constant learning rate to use instead of the checkpointed one on resume (set by a
+        # rerun after divergence; see train._record_experiment).
+        self.resume_learning_rate = None
 
     # ---------------------------------------------------------------- the step
 
@@ -276,13 +281,25 @@ class Trainer:
 
         The chief writes into work_dir/checkpoints; other workers write into a scratch
         directory that is deleted at once (they take part because saving distributed variables
-        may need all workers).
+        may need all workers). Weights that are not all finite are never checkpointed (the
+        run stops as diverged), so the latest checkpoint is always one to resume from.
         """
         self.sync_replica_state()
         self._sync_position()
+        if not self._weights_finite():
+            pos = self._position
+            raise self._diverged("The model's weights became NaN or infinite",
+                                 int(self.epoch.numpy()), pos["step_in_epoch"],
+                                 pos["global_step"])
         number = self._position["global_step"]
         if self.chief:
-            return self.manager.save(checkpoint_number=number)
+            try:
+                return self.manager.save(checkpoint_number=number)
+            except Exception:
+                # A failed save (full disk, file-size limit) leaves TensorFlow's ckpt-N_temp
+                # folder; the earlier checkpoints are untouched.
+                self._remove_temporaries()
+                raise
         scratch = os.path.join(self.work_dir, f"workertemp_{strategies.task_id(self.strategy)}")
         manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(scratch, CHECKPOINTS),
                                              max_to_keep=1)
@@ -290,14 +307,53 @@ class Trainer:
         tf.io.gfile.rmtree(scratch)
         return path
 
+    def _weights_finite(self):
+        return all(bool(tf.reduce_all(tf.math.is_finite(tf.cast(v, tf.float32))))
+                   for v in self.model.trainable_variables)
+
+    def _diverged(self, what, epoch, step, global_step):
+        """An errors.Diverged for `what` at (epoch index, step in it), carrying the history
+        record fit() writes (where it diverged and the checkpoint a rerun resumes from)."""
+        latest = self.manager.latest_checkpoint
+        resume = (f"the last finite checkpoint {latest} and best.keras are kept; rerun with a "
+                  f"lower learning rate (now {self._learning_rate():.3g}) to resume from it"
+                  if latest else "no checkpoint was saved before it; rerun with a lower "
+                  "learning rate to start again")
+        exc = errors.Diverged(f"{what} at epoch {epoch + 1}, step {step} (global step "
+                              f"{global_step}) in {self.work_dir}: {resume}, or check the "
+                              f"input data")
+        exc.record = {"epoch": epoch + 1, "diverged": True, "step_in_epoch": step,
+                      "global_step": global_step, "what": what,
+                      "learning_rate": self._learning_rate(),
+                      "last_checkpoint": os.path.basename(latest) if latest else None}
+        return exc
+
+    def _apply_resume_learning_rate(self):
+        if self.resume_learning_rate is not None and (
+                abs(self._learning_rate() - self.resume_learning_rate)
+                > 1e-6 * self.resume_learning_rate):
+            log.info("Learning rate %.3g -> %.3g after the divergence", self._learning_rate(),
+                     self.resume_learning_rate)
+            self.optimizer.learning_rate = self.resume_learning_rate
+
+    def _remove_temporaries(self):
+        """Removes the *_temp folders of checkpoint saves that failed or were killed."""
+        for path in tf.io.gfile.glob(os.path.join(self.checkpoint_dir, "*_temp")):
+            tf.io.gfile.rmtree(path)
+
     def restore(self):
         """Restores the latest checkpoint if any; returns the epoch to continue in.
 
-        Also restores the step within that epoch (`self.step_in_epoch`).
+        Also restores the step within that epoch (`self.step_in_epoch`). When
+        `self.resume_learning_rate` is set (a rerun after divergence with a lower rate), the
+        optimizer takes it instead of the checkpointed one.
         """
+        if self.chief:
+            self._remove_temporaries()
         latest = self.manager.latest_checkpoint
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
+            self._apply_resume_learning_rate()
             log.info("Resumed from %s (epoch %d done, step %d of the next, best %s = %.4f)",
                      latest, int(self.epoch.numpy()), int(self.step_in_epoch.numpy()),
                      self.select_metric, self.sign * self.best.numpy())
@@ -400,7 +456,8 @@ class Trainer:
             steps = int(train_data.cardinality().numpy())
             steps = steps if steps > 0 else None
         start = self.restore()
-        history = self._load_history()[:start]
+        # Epochs done up to the checkpoint, and every divergence met on the way.
+        history = [h for h in self._load_history() if h.get("diverged") or h["epoch"] <= start]
         if start >= epochs:
             log.info("All %d epochs already done in %s", epochs, self.work_dir)
             return history
@@ -411,10 +468,17 @@ class Trainer:
                   else tf.summary.create_noop_writer())
         try:
             with self._preemption_handler() as handler, writer.as_default():
+                # TensorFlow's handler restores the latest checkpoint again when it is made.
+                self._apply_resume_learning_rate()
                 for epoch in range(start, epochs):
-                    history.append(self._run_epoch(train_data, epoch, epochs, steps,
-                                                   global_batch_size, validate, handler,
-                                                   verbose))
+                    try:
+                        record = self._run_epoch(train_data, epoch, epochs, steps,
+                                                 global_batch_size, validate, handler, verbose)
+                    except errors.Diverged as e:
+                        if self.chief:
+                            files.write_json_atomic(self.history_path, history + [e.record])
+                        raise
+                    history.append(record)
                     if self.chief:
                         files.write_json_atomic(self.history_path, history)
                     self.epoch.assign(epoch + 1)
@@ -449,9 +513,8 @@ class Trainer:
                          self.tensorboard_dir)
             step = pos["step_in_epoch"] + 1
             if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"Training loss became {loss} at epoch {epoch + 1}, step {step}; lower the "
-                    f"learning rate or check the input data")
+                raise self._diverged(f"Training loss became {loss}", epoch, step,
+                                     pos["global_step"] + 1)
             now = time.time()
             pos["step_in_epoch"] = step
             pos["global_step"] += 1
@@ -482,7 +545,14 @@ class Trainer:
         trained_here = done - first_step
         train_time = time.time() - t_epoch
         self.sync_replica_state()
-        metrics = validate(self.model)
+        if not self._weights_finite():
+            raise self._diverged("The model's weights became NaN or infinite", epoch, done,
+                                 pos["global_step"])
+        try:
+            metrics = validate(self.model)
+        except FloatingPointError as e:  # finite weights, non-finite outputs (an overflow)
+            raise self._diverged(f"Validation failed: {e}", epoch, done,
+                                 pos["global_step"]) from e
         if self.select_metric not in metrics:
             raise KeyError(f"validate() returned {sorted(metrics)}, which lacks the selection "
                            f"metric {self.select_metric!r}")

@@ -12,6 +12,7 @@ same global batches.
 
 import contextlib
 import functools
+import inspect
 import json
 import logging
 import os
@@ -24,9 +25,10 @@ import tensorflow_datasets as tfds
 from cxr_tf import configs as configs_lib
 from cxr_tf import files, layout
 from cxr_tf import labels as labels_lib
+from cxr_tf.data import datasets, pipeline
 from cxr_tf.data import features as fk
-from cxr_tf.data import pipeline
 from cxr_tf.evaluation import inference, metrics
+from cxr_tf.models import backbones
 from cxr_tf.models import classifier as classifier_lib
 from cxr_tf.models.losses import partial_dice_loss
 from cxr_tf.models.unet import UNetSegmenter
@@ -42,6 +44,16 @@ def _runner_for(runners, model, strategy):
     if runners.get("model") is not model:
         runners.update(model=model, runner=inference.InferenceRunner(model, strategy))
     return runners["runner"]
+
+
+def _finite(outputs):
+    """`outputs`, or FloatingPointError when any is NaN or infinite (the loop calls that a
+    divergence)."""
+    bad = int(np.size(outputs) - np.count_nonzero(np.isfinite(outputs)))
+    if bad:
+        raise FloatingPointError(f"{bad} of {np.size(outputs)} model outputs on the validation "
+                                 f"split are NaN or infinite")
+    return outputs
 
 
 def segmenter_validation(val_sets, strategy=None):
@@ -68,7 +80,7 @@ def segmenter_validation(val_sets, strategy=None):
         for name, dataset in val_sets.items():
             res = runner(dataset)
             masks, known = res["targets"]
-            probs = res["outputs"]
+            probs = _finite(res["outputs"])
             probs = np.concatenate([probs, np.maximum(probs[..., :1], probs[..., 1:2])], -1)
             scores, _ = metrics.partial_segmentation_scores(masks, probs, known, targets)
             suffix = f"_{name}" if len(val_sets) > 1 else ""
@@ -90,7 +102,7 @@ def classifier_validation(dataset, strategy=None):
 
     def validate(model):
         res = _runner_for(runners, model, strategy)(dataset)
-        per_class = metrics.auroc_per_class(res["targets"], res["outputs"])
+        per_class = metrics.auroc_per_class(res["targets"], _finite(res["outputs"]))
         out = {"mean_auroc": metrics.mean_auroc(per_class)}
         out.update({f"auroc_{n}": float(v) for n, v in zip(labels_lib.FINDINGS, per_class)})
         return out
@@ -208,6 +220,8 @@ def _compared(run):
     for key in ("segmenter", "datasets"):
         if key in run:
             flat[key] = run[key]
+    if flat.get("segmenter"):  # the same file, whether named relative or absolute
+        flat["segmenter"] = os.path.abspath(flat["segmenter"])
     return flat
 
 
@@ -219,12 +233,22 @@ def _checkpointed_epoch(trainer):
     return int(tf.train.load_checkpoint(latest).get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
+def _diverged_last(trainer):
+    """True when the run's history ends with a divergence (loop.Trainer writes that record)."""
+    if not os.path.exists(trainer.history_path):
+        return False
+    with open(trainer.history_path) as f:
+        history = json.load(f)
+    return bool(history) and bool(history[-1].get("diverged"))
+
+
 def _record_experiment(work_dir, trainer, config, **run):
     """Writes experiment.json, or, when `work_dir` holds checkpoints of an earlier run, checks
     the resume contract and appends a segment to it.
 
     The contract: a rerun continues the checkpointed run only with the same settings, except
-    those in RESUMABLE_CHANGES (recorded per segment, e.g. more epochs). Anything else (learning
+    those in RESUMABLE_CHANGES (recorded per segment, e.g. more epochs), and a lower learning
+    rate after the run diverged (the segment says `after_divergence`). Anything else (learning
     rate, batch size, schedule, architecture, data, segmenter, seed...) raises ResumeMismatch
     before any step runs, so experiment.json never states a setting that was not used.
     """
@@ -241,6 +265,14 @@ def _record_experiment(work_dir, trainer, config, **run):
         changed = sorted(k for k in set(before) | set(now)
                          if before.get(k) != now.get(k)
                          and k.rsplit(".", 1)[-1] not in RESUMABLE_CHANGES)
+        lr_key = f"{section}.learning_rate"
+        if (changed == [lr_key] and _diverged_last(trainer)
+                and 0 < now[lr_key] < before[lr_key]):
+            # A run that diverged may go on from its last finite checkpoint at a lower rate.
+            changed = []
+            segment["after_divergence"] = True
+            if run["config"][section].get("lr_schedule") != "cosine":  # a schedule restarts
+                trainer.resume_learning_rate = float(now[lr_key])
         if changed:
             lines = "\n".join(f"  {k}: checkpointed {before.get(k)!r}, now {now.get(k)!r}"
                                for k in changed)
@@ -358,12 +390,42 @@ def _trainer(model, loss_fn, optimizer, strategy, work_dir, metric, options, pol
                         profile_steps=configs_lib.parse_profile_steps(options.profile_steps))
 
 
+def one_writer(fn):
+    """Runs a training function `fn(config, builder, work_dir, ..., strategy=None, ...)` holding
+    the stage lock of its work directory (cxr_tf.files.stage_lock, stage named like the
+    directory): a second process training into the same directory is refused at once. Under
+    multi-worker training only the chief locks; the other workers write scratch files only.
+    Damaged records met while it reads data are named (datasets.naming_damage)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        strategy = bound.arguments.get("strategy") or tf.distribute.get_strategy()
+        work_dir = str(bound.arguments["work_dir"])
+        stage = os.path.basename(os.path.normpath(work_dir))
+        lock = (files.stage_lock(work_dir, stage) if strategies.is_chief(strategy)
+                else contextlib.nullcontext())
+        with lock, datasets.naming_damage():
+            return fn(*args, **kwargs)
+
+    return locked
+
+
+def _weights_source(backbone_weights):
+    """How experiment.json names the backbone's start: null (random), "imagenet", or a path."""
+    if backbone_weights in (None, backbones.IMAGENET):
+        return backbone_weights
+    return os.path.abspath(backbone_weights)
+
+
 def _run_info(strategy, policy, trainer):
     return {"strategy": strategies.describe(strategy),
             "replicas": strategy.num_replicas_in_sync, "dtype_policy": policy,
             "jit_compile": trainer.jit_compile}
 
 
+@one_writer
 def train_segmenter(config, builder, work_dir, strategy=None, verbose=1):
     """Trains the U-Net on the train split(s), selecting on validation mean Dice.
 
@@ -453,6 +515,7 @@ def classifier_loss(config, builder, work_dir=None, write=True):
                      f"{', '.join(configs_lib.CLASS_WEIGHTINGS)}")
 
 
+@one_writer
 def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=None,
                      backbone_weights=None, verbose=1):
     """Trains the classifier on the train split, selecting on validation mean AUROC.
@@ -464,7 +527,8 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
       segmenter_path: trained segmenter (.keras), required by variants with feature weighting.
         It runs frozen and in float32 even under mixed precision, so masks do not depend on it.
       strategy: tf.distribute strategy (default: no distribution).
-      backbone_weights: optional local weights file for the backbone.
+      backbone_weights: None (random init), "imagenet" (keras.applications' ImageNet weights,
+        see models.backbones.imagenet_weights_path) or a local weights file.
       verbose: 1 progress bars, 0 per-epoch log lines only.
 
     Returns the path of the best model (work_dir/best.keras).
@@ -502,7 +566,9 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
                  sum(int(np.prod(v.shape)) for v in model.trainable_variables), clf.input_size,
                  clf.epochs, clf.batch_size)
         _record_experiment(work_dir, trainer, config, role="classifier",
-                           segmenter=segmenter_path, positive_class_weights=pos_weights,
+                           segmenter=segmenter_path and os.path.abspath(segmenter_path),
+                           backbone_weights=_weights_source(backbone_weights),
+                           positive_class_weights=pos_weights,
                            **_run_info(strategy, policy, trainer))
         trainer.fit(train_input, clf.epochs, clf.batch_size,
                     classifier_validation(val_ds, strategy),

@@ -13,19 +13,19 @@ import logging
 import math
 import os
 
+from cxr_tf import errors
+
 log = logging.getLogger("cxr_tf")
 
 # How many example file names / rows a summary keeps for each kind of skip.
 EXAMPLES_KEPT = 5
 
 
-class DataError(ValueError):
-    """The raw data cannot be built as it is. The message names the file, the row (line number,
-    1 = header) and field where it applies, what was found and what was expected.
-
-    Raised before or during a build; TFDS then removes its temporary directory, so a failed build
-    never leaves a partial data set behind.
-    """
+# The raw data cannot be built as it is: the message names the file, the row (line number, 1 =
+# header) and field where it applies, what was found and what was expected. Raised before or
+# during a build; TFDS then removes its temporary directory, so a failed build never leaves a
+# partial data set behind. Defined with cxr_tf's other failure classes (exit code 3).
+DataError = errors.DataError
 
 
 def scan(manual_dir):
