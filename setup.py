@@ -31,6 +31,17 @@ setup(
                 "heart feature weighting) in Keras 3 / TensorFlow",
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
+    # The code is Apache-2.0 (LICENSE). The shipped segmenter weights were learnt from JSRT
+    # films and carry JSRT's terms (see cxr_tf/pretrained/MODEL_CARD.md): what `pip show` says.
+    license="Apache-2.0 (code); shipped segmenter weights: research and education only, not "
+            "for commercial use (JSRT terms, cxr_tf/pretrained/MODEL_CARD.md)",
+    license_files=["LICENSE"],
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Intended Audience :: Science/Research",
+    ],
     python_requires=">=3.10",
     packages=find_packages(include=["cxr_tf", "cxr_tf.*", "pipelines", "pipelines.*"]),
     # The shipped segmenter and its model card (cxr_tf/pretrained/).

@@ -68,6 +68,12 @@ def variant(name):
     return VARIANTS[name]
 
 
+def needs_segmenter(name):
+    """True when the variant called `name` weights its features by the lung-and-heart mask (and
+    so needs a segmenter); the one place that question is answered."""
+    return variant(name).feature_weighting
+
+
 # ---- Configuration sections -------------------------------------------------------------------
 
 @dataclasses.dataclass

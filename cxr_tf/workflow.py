@@ -52,20 +52,28 @@ SYNTHETIC = datasets.SYNTHETIC
 waiting_for_stages = files.waiting_for_stages
 
 
-def segmenter_for_classifier(work_dir, explicit=None):
+def segmenter_for_classifier(work_dir, explicit=None, train_on=None, config=None, verbose=0):
     """The segmenter a classifier in `work_dir` weights its features with, and where it came
-    from: `explicit` when given, else WORK_DIR/segmenter/best.keras when trained there, else the
-    segmenter shipped with cxr_tf (cxr_tf.pretrained; trained on public JSRT + SCR fold 1,
-    Montgomery and Shenzhen films).
+    from; the one place that choice is made (training, the ablation runner). In order:
+    `explicit` when given; WORK_DIR/segmenter/best.keras when trained there; with `train_on` (a
+    built data set) that has lung-and-heart masks, one trained on it now into WORK_DIR/segmenter
+    with `config.segmenter` (the ablation runner on phantoms); else the segmenter shipped with
+    cxr_tf (cxr_tf.pretrained; trained on public JSRT + SCR fold 1, Montgomery and Shenzhen
+    films).
 
     Returns:
-      (path, source) with source "given", "work_dir" or "pretrained".
+      (path, source) with source "given", "work_dir", "trained" or "pretrained".
     """
     if explicit:
         return _require(explicit, "Segmenter"), "given"
     trained = layout.best_model(layout.segmenter_dir(work_dir))
     if os.path.exists(trained):
         return trained, "work_dir"
+    if train_on is not None and fk.MASKS in train_on.info.features:
+        log.info("Training the segmenter on %s's masks into %s", train_on.info.full_name,
+                 layout.segmenter_dir(work_dir))
+        return train.train_segmenter(config, train_on, layout.segmenter_dir(work_dir),
+                                     verbose=verbose), "trained"
     path = pretrained.segmenter_path()
     log.info("No segmenter given (--segmenter) or trained in %s: using the one shipped with "
              "cxr_tf, %s (112 px U-Net trained on public JSRT + SCR fold 1, Montgomery and "
@@ -390,7 +398,7 @@ def train_classifier(config, work_dir, data_dir=None, manual_dir=None, strategy=
         if builder is None:
             builder = build_data(config, data_dir or layout.data_dir(work_dir), manual_dir)
         segmenter_path = None
-        if configs_lib.variant(config.classifier.variant).feature_weighting:
+        if configs_lib.needs_segmenter(config.classifier.variant):
             segmenter_path, _ = segmenter_for_classifier(work_dir, segmenter)
         return train.train_classifier(
             config, builder, run_dir, segmenter_path=segmenter_path, strategy=distribution,
@@ -414,8 +422,10 @@ def run_ablation(config, data_dir, work_dir, variants=ablation_lib.VARIANTS, ove
         segmenter (segmenter/) when trained here, and the summary files.
       variants: which of ablation.VARIANTS to run, in table order.
       overrides: per-variant ClassifierConfig fields (see ablation.variant_config).
-      segmenter_path: a trained segmenter for the weighting variants; trained here with
-        `config.segmenter` when None and needed.
+      segmenter_path: a trained segmenter for the weighting variants. When None and needed,
+        segmenter_for_classifier chooses: WORK_DIR/segmenter/best.keras if there, else one
+        trained here with `config.segmenter` on a data set with masks (phantoms), else the
+        shipped one (ChestX-ray14 with --config=paper).
       n_resamples: bootstrap resamples of every interval.
       max_overlays: CAM overlay PNGs per variant.
       manual_dir: raw download of a real data set.
@@ -440,25 +450,26 @@ def _run_ablation(config, data_dir, work_dir, variants, overrides, segmenter_pat
                   max_overlays, manual_dir, verbose):
     t_start = time.time()
     builder = build_data(config, data_dir, manual_dir=manual_dir)
-    needs_segmenter = any(configs_lib.VARIANTS[v].feature_weighting for v in variants)
     segmenter_seconds = 0.0
-    if needs_segmenter and segmenter_path is None:
+    if any(configs_lib.needs_segmenter(v) for v in variants):
         t0 = time.time()
-        segmenter_path = train.train_segmenter(config, builder,
-                                               layout.segmenter_dir(work_dir), verbose=verbose)
-        segmenter_seconds = time.time() - t0
+        segmenter_path, source = segmenter_for_classifier(
+            work_dir, segmenter_path, train_on=builder, config=config, verbose=verbose)
+        if source == "trained":
+            segmenter_seconds = time.time() - t0
 
     rows, predictions = [], {}
     for variant in variants:
         cfg = ablation_lib.variant_config(config, variant, overrides)
-        spec = configs_lib.VARIANTS[variant]
+        spec = configs_lib.variant(variant)
         run_dir, eval_dir = layout.ablation_run_dirs(work_dir, variant)
         log.info("Ablation: %s (%s backbone, %d px)", variant,
                  cfg.classifier.backbone or spec.backbone, cfg.classifier.input_size)
         t0 = time.time()
         best = train.train_classifier(
             cfg, builder, run_dir,
-            segmenter_path=segmenter_path if spec.feature_weighting else None, verbose=verbose)
+            segmenter_path=segmenter_path if configs_lib.needs_segmenter(variant) else None,
+            verbose=verbose)
         wall_train = time.time() - t0
         t0 = time.time()
         rep = evaluate(best, builder, cfg, eval_dir, split="test", n_resamples=n_resamples,

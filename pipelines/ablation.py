@@ -12,8 +12,11 @@ scored on test (thresholds from validation, 95% bootstrap intervals). Output, pe
 
 On synthetic phantoms, --data_variants=clean,shortcut also runs the shortcut variant (tags outside
 the lungs and heart that agree with the labels in train/validation and are random in test) and
-reports whether feature weighting resists the shortcut. The segmenter is trained once (on the
-first data variant) and shared. Re-running resumes finished trainings.
+reports whether feature weighting resists the shortcut. The segmenter of the weighting variants
+is --segmenter when given, else WORK_DIR/ablation/<variant>/segmenter/best.keras when trained
+there, else trained once on the phantoms' masks (first data variant) and shared; on a data set
+without masks (ChestX-ray14, --config=paper) the segmenter shipped with cxr_tf. Re-running
+resumes finished trainings.
 
 ResNet-50 is slow on a CPU (about 3 images/s at 128 px on 2 busy cores, against 30-110 for the
 small DenseNets): --dcnn_input_size=64 trains it at 64 px instead (stated in the tables).

@@ -65,3 +65,50 @@ def test_binary_help_and_bad_flags(tmp_path):
         assert needle in out
     bad = run(f"--work_dir={tmp_path}", "--variants=vgg")
     assert bad.returncode != 0 and "Unknown --variants" in bad.stderr
+
+
+class _Stop(Exception):
+    pass
+
+
+def _first_training(monkeypatch):
+    """Makes the ablation's first classifier training record its segmenter and stop the run."""
+    from cxr_tf.training import train
+    seen = {}
+
+    def fake_train_classifier(cfg, builder, run_dir, segmenter_path=None, **kwargs):
+        seen["segmenter"] = segmenter_path
+        raise _Stop
+
+    monkeypatch.setattr(train, "train_classifier", fake_train_classifier)
+    return seen
+
+
+def test_paper_ablation_on_films_without_masks_uses_the_shipped_segmenter(
+        tmp_path, tiny_segmenter_path, monkeypatch):
+    import builder_fixtures as bf
+
+    from cxr_tf import pretrained
+    monkeypatch.setattr(pretrained, "segmenter_path", lambda: tiny_segmenter_path)  # stand-in
+    seen = _first_training(monkeypatch)
+    config = configs.paper()  # chestxray14: no masks to train a segmenter on
+    with pytest.raises(_Stop):
+        workflow.run_ablation(config, str(tmp_path / "tfds"), str(tmp_path / "abl"),
+                              variants=("cxr_irnet", "chexnet"),
+                              manual_dir=bf.make_chestxray14(tmp_path / "raw"))
+    assert seen["segmenter"] == tiny_segmenter_path
+    assert not os.path.exists(tmp_path / "abl" / "segmenter")
+
+
+def test_phantom_ablation_trains_its_segmenter_on_the_phantoms_masks(tmp_path, tiny_config,
+                                                                   tiny_builder, monkeypatch):
+    from cxr_tf.training import train
+    trained = []
+    monkeypatch.setattr(train, "train_segmenter",
+                        lambda cfg, builder, run_dir, **kw: trained.append(run_dir) or "seg.keras")
+    seen = _first_training(monkeypatch)
+    with pytest.raises(_Stop):
+        workflow.run_ablation(tiny_config, os.path.dirname(os.path.dirname(os.path.dirname(
+            tiny_builder.data_dir))), str(tmp_path), variants=("cxr_irnet",))
+    assert trained == [os.path.join(str(tmp_path), "segmenter")]
+    assert seen["segmenter"] == "seg.keras"

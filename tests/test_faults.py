@@ -129,6 +129,18 @@ def test_a_second_trainer_is_refused_at_once_naming_stage_directory_and_holder(w
     holder.wait()
 
 
+def test_reading_a_stage_another_process_writes_stays_allowed(work, tiny_config):
+    holder = hold(work / "classifier", 60)
+    try:
+        report = workflow.evaluate(str(work / "classifier" / "best.keras"),
+                                   tiny_builder_in(work, tiny_config), tiny_config,
+                                   str(work / "eval"), n_resamples=0, max_overlays=0)
+        assert report["classification"]["n_images"] == 24
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_the_same_process_may_enter_its_own_stage_again(tmp_path):
     with files.stage_lock(str(tmp_path), "eval"), files.stage_lock(str(tmp_path), "eval"):
         pass

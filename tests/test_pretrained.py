@@ -43,6 +43,7 @@ def test_record_matches_the_recipe_and_meets_its_targets():
     assert "heart" not in test["montgomery"]  # no heart outlines there: never scored as zero
     card = pretrained.model_card()
     for needle in ("JSRT", "SCR", "Montgomery", "Shenzhen", "not for commercial use",
+                   "Licence of these weights", "research and education only",
                    "fold 2", "Known failure modes", f"{test['jsrt_scr']['heart']['dice']:.4f}"):
         assert needle in card, needle
 
@@ -110,3 +111,16 @@ def test_shipped_files_are_in_the_package_data():
     for name in (pretrained.SEGMENTER_FILE, pretrained.SEGMENTER_INFO, pretrained.MODEL_CARD):
         assert os.path.exists(os.path.join(pretrained.DIRECTORY, name)), name
         assert any(fnmatch.fnmatch(name, p) for p in patterns), (name, patterns)
+
+
+def test_code_licence_and_weights_terms_reach_pip_users():
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "LICENSE")) as f:
+        assert "Apache License" in f.read(2000)
+    licence = subprocess.run([sys.executable, "setup.py", "--license"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout
+    assert licence.startswith("Apache-2.0 (code)") and "not for commercial use" in licence
+    from cxr_tf import pretrained
+    assert "Apache License 2.0" in pretrained.model_card()

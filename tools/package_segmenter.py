@@ -44,6 +44,13 @@ PUBLIC_COPIES = {
     "shenzhen": "https://github.com/rochadiego/MultiResUNet-lung-segmentation (data/cxr, "
                 "data/masks)",
 }
+# The shipped weights' terms, in the model card (and, in short, setup.py's licence field).
+WEIGHTS_LICENCE = (
+    "**Licence of these weights.** cxr_tf's code is under the Apache License 2.0 (LICENSE). "
+    "These weights were learnt from the films below and carry the most restrictive of their "
+    "terms: JSRT's, research and education only, no commercial use. Cite the data sets as "
+    "listed. Anyone shipping a product must train their own segmenter on data they may use "
+    "commercially (`cxr-train-segmenter`, docs/segmenter.md).")
 TERMS = {
     "jsrt_scr": "JSRT (Japanese Society of Radiological Technology): free for research and "
                 "education, not for commercial use; SCR masks (van Ginneken et al. 2006): for "
@@ -151,6 +158,8 @@ def model_card(info):
         "SCR fold 2 (the even-numbered JSRT films) was never used, in training or selection: it "
         "is a clean test set for every user. Selection used the validation splits of the three "
         "data sets only.",
+        "",
+        WEIGHTS_LICENCE,
         "",
         "## Recipe",
         "",

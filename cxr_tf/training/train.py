@@ -481,7 +481,7 @@ def build_classifier_from_config(config, segmenter=None, backbone_weights=None):
     clf = config.classifier
     return classifier_lib.build_classifier(
         clf.variant, backbone=clf.backbone or None, input_size=clf.input_size,
-        segmenter=segmenter if configs_lib.variant(clf.variant).feature_weighting else None,
+        segmenter=segmenter if configs_lib.needs_segmenter(clf.variant) else None,
         mask_threshold=clf.mask_threshold, min_mask_coverage=clf.min_mask_coverage,
         mask_dilation=clf.mask_dilation,
         feature_activation=clf.feature_activation or None, dropout=clf.dropout,
@@ -536,7 +536,7 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
     strategy = strategy or tf.distribute.get_strategy()
     clf = config.classifier
     policy = _setup(clf, strategy, "classifier")
-    needs_segmenter = configs_lib.variant(clf.variant).feature_weighting
+    needs_segmenter = configs_lib.needs_segmenter(clf.variant)
     if needs_segmenter and not segmenter_path:
         raise ValueError(f"Variant {clf.variant!r} weights features by the lung-and-heart mask and "
                          f"needs a trained segmenter; pass its .keras path")
