@@ -86,9 +86,9 @@ def _first_training(monkeypatch):
 
 def test_paper_ablation_on_films_without_masks_uses_the_shipped_segmenter(
         tmp_path, tiny_segmenter_path, monkeypatch):
-    import builder_fixtures as bf
-
     from cxr_tf import pretrained
+
+    import builder_fixtures as bf
     monkeypatch.setattr(pretrained, "segmenter_path", lambda: tiny_segmenter_path)  # stand-in
     seen = _first_training(monkeypatch)
     config = configs.paper()  # chestxray14: no masks to train a segmenter on
