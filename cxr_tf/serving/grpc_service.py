@@ -25,13 +25,17 @@ import grpc
 import tensorflow as tf
 
 from cxr_tf import saved_models
-from cxr_tf.serving import rest, tf_serving
+from cxr_tf.serving import error_codes, rest, tf_serving
 
 log = logging.getLogger("cxr_tf")
 
-_CODES = {tf.errors.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
-          tf.errors.ResourceExhaustedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-          tf.errors.NotFoundError: grpc.StatusCode.NOT_FOUND}
+
+
+def abort_code(exc):
+    """(grpc.StatusCode, message) for an error met while predicting: the same code the REST
+    front end answers with (error_codes)."""
+    message = rest.op_error_message(exc) if hasattr(exc, "error_code") else str(exc)
+    return error_codes.grpc_status(error_codes.code_of(exc)), message
 
 
 class PredictionService:
@@ -68,11 +72,8 @@ class PredictionService:
             inputs = {k: tf.constant(tf.make_ndarray(request.inputs[k]), dtype=spec.dtype)
                       for k, spec in expected.items()}
             outputs = fn(**inputs)
-        except tf.errors.OpError as e:
-            context.abort(_CODES.get(type(e), grpc.StatusCode.UNKNOWN),
-                          rest.op_error_message(e))
-        except (ValueError, TypeError) as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except (tf.errors.OpError, ValueError, TypeError) as e:
+            context.abort(*abort_code(e))
         response = self.p["predict"].PredictResponse()
         response.model_spec.name = self.model_name
         response.model_spec.version.value = self.version

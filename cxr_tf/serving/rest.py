@@ -52,6 +52,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_tf import saved_models
+from cxr_tf.serving import error_codes
 
 log = logging.getLogger("cxr_tf")
 
@@ -60,14 +61,8 @@ BASE64_KEY = "b64"
 BYTES_SUFFIX = "_bytes"
 ROW, COLUMNAR = "row", "columnar"
 
-# TF Serving's mapping of error codes to HTTP statuses (model_servers/http_server.cc).
-HTTP_STATUS = {
-    "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504,
-    "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403,
-    "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400, "ABORTED": 409,
-    "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503,
-    "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
-}
+# TF Serving's mapping of error codes to HTTP statuses, shared with the gRPC front end.
+HTTP_STATUS = error_codes.HTTP_STATUS
 _INT_RANGES = {
     tf.int8: (-2**7, 2**7 - 1), tf.uint8: (0, 2**8 - 1), tf.int16: (-2**15, 2**15 - 1),
     tf.int32: (-2**31, 2**31 - 1), tf.int64: (-2**63, 2**63 - 1), tf.uint32: (0, 2**32 - 1),
@@ -82,7 +77,7 @@ class RestError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
-        self.status = HTTP_STATUS.get(code, 500)
+        self.status = error_codes.http_status(code)
 
 
 def _json_str(value):
@@ -363,26 +358,11 @@ def predict(loaded, body):
         try:
             out = fn(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
         except tf.errors.OpError as e:
-            raise RestError(op_error_message(e), _error_code_name(e)) from None
+            raise rest_error(e) from None
         return 200, make_response({k: np.asarray(v.numpy()) for k, v in out.items()},
                                     request_format)
     except RestError as e:
         return e.status, {"error": e.message}
-
-
-_OPERROR_CODES = {
-    "CANCELLED": tf.errors.CancelledError, "UNKNOWN": tf.errors.UnknownError,
-    "INVALID_ARGUMENT": tf.errors.InvalidArgumentError,
-    "DEADLINE_EXCEEDED": tf.errors.DeadlineExceededError, "NOT_FOUND": tf.errors.NotFoundError,
-    "ALREADY_EXISTS": tf.errors.AlreadyExistsError,
-    "PERMISSION_DENIED": tf.errors.PermissionDeniedError,
-    "RESOURCE_EXHAUSTED": tf.errors.ResourceExhaustedError,
-    "FAILED_PRECONDITION": tf.errors.FailedPreconditionError,
-    "ABORTED": tf.errors.AbortedError, "OUT_OF_RANGE": tf.errors.OutOfRangeError,
-    "UNIMPLEMENTED": tf.errors.UnimplementedError, "INTERNAL": tf.errors.InternalError,
-    "UNAVAILABLE": tf.errors.UnavailableError, "DATA_LOSS": tf.errors.DataLossError,
-    "UNAUTHENTICATED": tf.errors.UnauthenticatedError,
-}
 
 
 def op_error_message(exc):
@@ -401,11 +381,11 @@ def op_error_message(exc):
     return "\n".join(lines).strip()
 
 
-def _error_code_name(exc):
-    for name, cls in _OPERROR_CODES.items():
-        if type(exc) is cls:
-            return name
-    return "UNKNOWN"
+def rest_error(exc):
+    """The RestError (message and HTTP status) a TensorFlow error met while predicting becomes
+    (error_codes: the same code the gRPC front end answers with)."""
+    message = op_error_message(exc) if hasattr(exc, "error_code") else str(exc)
+    return RestError(message, error_codes.code_of(exc))
 
 
 # --- A local stand-in for TF Serving's HTTP front end --------------------------------------------
