@@ -203,5 +203,6 @@ def _parse_args(argv=None):
 
 
 if __name__ == "__main__":  # needed: the worker processes are spawned
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cxr_tf import environment
+    environment.apply()
     run(_parse_args())

@@ -224,8 +224,8 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cxr_tf import environment
+    environment.apply()
     import keras
     model = build_model(args.config, args.input_size, args.backbone, args.seg_size,
                         args.seg_filters, args.seg_depth, args.policy)

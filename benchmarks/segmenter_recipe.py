@@ -27,8 +27,9 @@ import platform
 import sys
 import time
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as pipelines/ do
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cxr_tf import environment  # noqa: E402
+
+environment.apply()  # TensorFlow's defaults, before it loads
 
 RESULTS = "segmenter_recipe.json"
 # Hospital-style augmentation (cxr_tf.data.pipeline.Augmentation), as a block of fields.

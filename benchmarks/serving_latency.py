@@ -25,8 +25,9 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cxr_tf import environment  # noqa: E402
+
+environment.apply()  # TensorFlow's defaults, before it loads
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)

@@ -23,8 +23,9 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as pipelines/ do (docs/design.md)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cxr_tf import environment  # noqa: E402
+
+environment.apply()  # TensorFlow's defaults, before it loads
 
 
 def export(work_dir, size, resize):

@@ -3,8 +3,9 @@
 import os
 
 # Same TensorFlow environment as the binaries (see pipelines/__init__.py), before TF loads.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cxr_tf import environment  # noqa: E402
+
+environment.apply()  # TensorFlow's defaults, before it loads
 
 import pytest  # noqa: E402
 

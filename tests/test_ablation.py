@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cxr_tf import configs, workflow
+from cxr_tf import configs, environment, workflow
 from cxr_tf.evaluation import ablation
 
 
@@ -57,7 +57,7 @@ def test_tiny_ablation_and_shortcut_table(tmp_path, tiny_config, tiny_builder,
 
 
 def test_binary_help_and_bad_flags(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = environment.for_subprocess()
     run = lambda *a: subprocess.run([sys.executable, "-m", "pipelines.ablation", *a],  # noqa
                                     capture_output=True, text=True, env=env, timeout=300)
     out = run("--help").stdout

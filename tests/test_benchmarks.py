@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from cxr_tf import environment
+
 REPO = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
 BENCH = os.path.join(REPO, "benchmarks")
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -45,9 +47,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def run(args, env=None, timeout=900):
     """Runs `python ARGS` in the repository root; returns stdout; fails with the output."""
-    e = dict(os.environ)
-    e.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    e.update(env or {})
+    e = environment.for_subprocess(**(env or {}))
     proc = subprocess.run([sys.executable, *args], cwd=REPO, env=e, capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, (f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"

@@ -9,12 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
+from cxr_tf import environment
+
 BINARIES = ["build_dataset", "train_segmenter", "train_classifier", "evaluate", "export",
             "predict", "rest", "ablation", "demo"]
 
 
 def run(binary, *args, check=True):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = environment.for_subprocess()
     proc = subprocess.run([sys.executable, "-m", f"pipelines.{binary}", *args],
                           capture_output=True, text=True, env=env, timeout=600)
     if check and proc.returncode != 0:

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from cxr_tf import environment
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -33,7 +35,7 @@ def alive(pid):
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to follow processes")
 def test_killed_build_takes_its_workers_along_and_the_next_build_cleans_up(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CXR_TF_BUILD_WORKERS="2")
+    env = environment.for_subprocess(CXR_TF_BUILD_WORKERS="2")
     proc = subprocess.Popen(build_command(tmp_path, 3000), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers, deadline = [], time.time() + 120
@@ -59,7 +61,7 @@ def test_killed_build_takes_its_workers_along_and_the_next_build_cleans_up(tmp_p
 
 
 def test_two_builds_of_one_data_set_take_turns(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = environment.for_subprocess()
     procs = [subprocess.Popen(build_command(tmp_path, 300), cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]

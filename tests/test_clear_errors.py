@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cxr_tf import configs
+from cxr_tf import configs, environment
 from cxr_tf.models import load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +36,7 @@ def test_a_negative_learning_rate_is_blamed_on_the_learning_rate():
 
 
 def run(binary, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = environment.for_subprocess()
     return subprocess.run([sys.executable, "-m", f"pipelines.{binary}", *args], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=300)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxr_tf import configs, labels, saved_models, workflow
+from cxr_tf import configs, environment, labels, saved_models, workflow
 from cxr_tf.data import datasets, pipeline
 from cxr_tf.data.builders import chestxray14
 from cxr_tf.evaluation import inference
@@ -158,7 +158,7 @@ def test_bad_inputs_get_clear_errors(tiny_run, tiny_config, tiny_builder, tiny_s
 
 
 def _binary(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = environment.for_subprocess()
     return subprocess.run([sys.executable, "-m", "pipelines.evaluate", *args],
                           capture_output=True, text=True, env=env, timeout=600)
 

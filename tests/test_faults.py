@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxr_tf import configs, errors, files, workflow
+from cxr_tf import configs, environment, errors, files, workflow
 from cxr_tf.data import datasets
 from cxr_tf.training import loop, train
 
@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def binary(name, *args, file_size_limit=None, wait=True):
     """Runs `python -m pipelines.<name>` as a user would; returns the finished process (or the
     running one with wait=False)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = environment.for_subprocess()
 
     def limit():
         if file_size_limit is not None:

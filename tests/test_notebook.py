@@ -30,8 +30,7 @@ def test_notebook_runs_on_tiny_artefacts(tmp_path, tiny_config, tiny_builder,
     data_dir = os.path.dirname(os.path.dirname(os.path.dirname(tiny_builder.data_dir)))
     for key, value in {"CXR_EVAL_MODEL": model, "CXR_EVAL_SEGMENTER": tiny_segmenter_path,
                        "CXR_EVAL_DATA_DIR": data_dir, "CXR_EVAL_OUT_DIR": str(tmp_path / "eval"),
-                       "CXR_EVAL_BOOTSTRAP": "50", "CXR_EVAL_OVERLAYS": "2",
-                       "TF_CPP_MIN_LOG_LEVEL": "2"}.items():
+                       "CXR_EVAL_BOOTSTRAP": "50", "CXR_EVAL_OVERLAYS": "2"}.items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from cxr_tf import environment
 from cxr_tf.serving import overlay, predict
 
 import serving_fixtures as sf
@@ -45,7 +46,7 @@ def image_folder(tmp_path_factory):
 
 
 def run(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = environment.for_subprocess()
     return subprocess.run([sys.executable, "-m", "pipelines.predict", *args],
                           capture_output=True, text=True, env=env, timeout=600)
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxr_tf import labels
+from cxr_tf import environment, labels
 from cxr_tf.serving import rest
 
 import serving_fixtures as sf
@@ -56,7 +56,7 @@ def direct(loaded, images):
 
 
 def env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return environment.for_subprocess()
 
 
 def test_saved_model_cli_shows_the_signatures(export_path):

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
-from cxr_tf import saved_models
+from cxr_tf import environment, saved_models
 from cxr_tf.serving import grpc_service, model_card, tf_serving
 
 import builder_fixtures as bf
@@ -167,7 +167,7 @@ def test_the_export_carries_a_model_card_made_from_its_report(export_path, tmp_p
 def test_tfds_build_makes_the_records_cxr_build_dataset_makes(tmp_path):
     pytest.importorskip("apache_beam", reason="`tfds build` needs apache-beam (tfds extra)")
     manual = bf.make_jsrt_public_copy(tmp_path / "raw")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = environment.for_subprocess()
     tfds_cli = os.path.join(os.path.dirname(sys.executable), "tfds")
     by_tfds = subprocess.run(
         [tfds_cli, "build", "--imports=cxr_tf.data.datasets", "jsrt_scr", "--config=224px",

@@ -30,7 +30,6 @@ import os
 import signal
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pipelines  # noqa: E402,F401  (TensorFlow environment defaults, before TensorFlow loads)
 
 
