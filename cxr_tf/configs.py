@@ -55,7 +55,7 @@ VARIANTS = {v.name: v for v in (
 # and two small DenseNets for tests and the demo.
 BACKBONES = ("densenet121", "resnet50", "densenet_small", "densenet_tiny")
 # tf.distribute strategies by name (cxr_tf.training.strategies.make_strategy).
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
 CLASS_WEIGHTINGS = ("none", "positive")
 

@@ -340,7 +340,7 @@ def _uses_pretrained_segmenter(classifier_path):
 # ---- Training -----------------------------------------------------------------------------------
 
 def train_segmenter(config, work_dir, data_dir=None, manual_dir=None, strategy="default",
-                    tpu="", builders=None, verbose=1):
+                    builders=None, verbose=1):
     """Builds the data sets `config.segmenter.datasets` names and trains the U-Net into
     WORK_DIR/segmenter (resuming an interrupted run); returns the path of its best.keras.
 
@@ -349,13 +349,13 @@ def train_segmenter(config, work_dir, data_dir=None, manual_dir=None, strategy="
       work_dir: the work directory.
       data_dir: where data sets are built (default WORK_DIR/tfds).
       manual_dir: the raw copies of real data sets (one folder may hold several).
-      strategy, tpu: the tf.distribute strategy by name (configs.STRATEGIES).
+      strategy: the tf.distribute strategy by name (configs.STRATEGIES).
       builders: already built data sets ({name: builder}, or one builder) instead.
       verbose: 1 progress bars, 0 per-epoch log lines only.
     """
     configs_lib.check_training_options(config.segmenter, "segmenter")  # before building data
     configs_lib.segmenter_sources(config.segmenter, config.data.dataset)
-    distribution = strategies.make_strategy(strategy, tpu_address=tpu)
+    distribution = strategies.make_strategy(strategy)
     run_dir = layout.segmenter_dir(work_dir)
     with _stage(run_dir, distribution):  # refused before any data is built
         if builders is None:
@@ -378,13 +378,13 @@ def _stage(directory, strategy=None, stage=None):
 
 
 def train_classifier(config, work_dir, data_dir=None, manual_dir=None, strategy="default",
-                     tpu="", segmenter=None, backbone_weights=None, builder=None, verbose=1):
+                     segmenter=None, backbone_weights=None, builder=None, verbose=1):
     """Builds the data set and trains the classifier variant `config.classifier.variant` into
     WORK_DIR/classifier (classifier_<variant>/ for the others), resuming an interrupted run;
     returns the path of its best.keras. The test split is never used for model selection.
 
     Args:
-      config, work_dir, data_dir, manual_dir, strategy, tpu, verbose: as train_segmenter.
+      config, work_dir, data_dir, manual_dir, strategy, verbose: as train_segmenter.
       segmenter: the segmenter (.keras) of a variant with feature weighting (default: see
         segmenter_for_classifier).
       backbone_weights: None (random init), "imagenet" (from the Keras cache, downloaded once
@@ -392,7 +392,7 @@ def train_classifier(config, work_dir, data_dir=None, manual_dir=None, strategy=
       builder: an already built data set instead.
     """
     configs_lib.check_training_options(config.classifier, "classifier")
-    distribution = strategies.make_strategy(strategy, tpu_address=tpu)
+    distribution = strategies.make_strategy(strategy)
     run_dir = layout.classifier_dir(work_dir, config.classifier.variant)
     with _stage(run_dir, distribution):  # refused before any data is built
         if builder is None:

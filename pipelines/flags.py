@@ -126,14 +126,12 @@ def define_common():
 
 
 def define_training():
-    """--strategy and --tpu, shared by the two training binaries (see docs/training.md)."""
+    """--strategy, shared by the two training binaries (see docs/training.md)."""
     flags.DEFINE_enum("strategy", "default", list(configs.STRATEGIES),
                       "tf.distribute strategy. 'default': no distribution (TensorFlow picks the "
                       "first GPU if any); 'one_device': one GPU, else the CPU; 'mirrored': all "
                       "local GPUs (all logical CPU devices without a GPU); 'multi_worker': the "
-                      "machines listed in the TF_CONFIG environment variable, all GPUs of each; "
-                      "'tpu': the TPU named by --tpu.")
-    flags.DEFINE_string("tpu", "", "TPU name or address for --strategy=tpu ('' = local TPU VM).")
+                      "machines listed in the TF_CONFIG environment variable, all GPUs of each.")
 
 
 def define_classifier():

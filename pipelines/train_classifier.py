@@ -28,7 +28,7 @@ def main(argv):
     f = flags.FLAGS
     path = workflow.train_classifier(
         cxr_flags.experiment_config(), f.work_dir, data_dir=cxr_flags.data_dir(),
-        manual_dir=f.manual_dir, strategy=f.strategy, tpu=f.tpu, segmenter=f.segmenter,
+        manual_dir=f.manual_dir, strategy=f.strategy, segmenter=f.segmenter,
         backbone_weights=f.backbone_weights, verbose=0 if f.quiet else 1)
     print(f"classifier {path}")
 

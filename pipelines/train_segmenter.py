@@ -30,7 +30,7 @@ def main(argv):
     if f["dataset"].present and not f["datasets"].present:
         config.segmenter.datasets = f.dataset  # --dataset alone: train on that one
     path = workflow.train_segmenter(config, f.work_dir, data_dir=cxr_flags.data_dir(),
-                                    manual_dir=f.manual_dir, strategy=f.strategy, tpu=f.tpu,
+                                    manual_dir=f.manual_dir, strategy=f.strategy,
                                     verbose=0 if f.quiet else 1)
     print(f"segmenter {path}")
 

@@ -8,7 +8,9 @@ Names (the `--strategy` flag of the training binaries):
   - "multi_worker": MultiWorkerMirroredStrategy over the machines listed in the TF_CONFIG
     environment variable (each machine uses all its local GPUs). Create it at program start,
     before other TensorFlow calls.
-  - "tpu": TPUStrategy on the TPU named by `tpu_address` ("" for the local TPU VM).
+
+There is no TPU strategy: a TPU run needs its work directory and records on Cloud Storage
+(gs://), which cxr_tf does not write yet, and nothing here could test it.
 
 The batch size passed to training is always the GLOBAL batch, over all replicas of all workers;
 each replica processes `global_batch / num_replicas` examples per step.
@@ -27,14 +29,13 @@ log = logging.getLogger("cxr_tf")
 STRATEGIES = configs.STRATEGIES
 
 
-def make_strategy(name="default", tpu_address=""):
+def make_strategy(name="default"):
     """Creates a tf.distribute strategy.
 
     Args:
       name: "default" (no distribution), "one_device" (first GPU if any, else CPU), "mirrored"
         (all local GPUs; all logical CPU devices without GPU), "multi_worker" (cluster from the
-        TF_CONFIG environment variable), or "tpu".
-      tpu_address: TPU name or address for "tpu" ("" for the local TPU).
+        TF_CONFIG environment variable).
 
     Raises:
       ValueError: for an unknown name, or for "multi_worker" with a malformed TF_CONFIG.
@@ -51,11 +52,6 @@ def make_strategy(name="default", tpu_address=""):
     if name == "multi_worker":
         _check_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"Unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
 
 
@@ -86,7 +82,7 @@ def cluster_resolver(strategy):
 def is_multi_worker(strategy):
     """True when the strategy spans several worker processes (a TF_CONFIG cluster)."""
     resolver = cluster_resolver(strategy)
-    if resolver is None or isinstance(strategy, tf.distribute.TPUStrategy):
+    if resolver is None:
         return False
     return bool(resolver.cluster_spec().as_dict())
 
@@ -120,9 +116,7 @@ def local_devices(strategy):
 
 
 def device_kind(strategy):
-    """"TPU", "GPU" or "CPU": what the strategy's replicas run on."""
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        return "TPU"
+    """"GPU" or "CPU": what the strategy's replicas run on."""
     devices = local_devices(strategy)
     return "GPU" if any("GPU" in d.upper() for d in devices) else "CPU"
 
