@@ -337,3 +337,61 @@ def test_named_rows_have_hand_written_label_vectors(built):
     # Atelectasis = 0, Effusion = 2, "Infiltrate" (the box table's spelling) = Infiltration = 3.
     assert box["00000008_000.png"][fk.BOX_LABELS].tolist() == [0, 2]
     assert box["00000009_000.png"][fk.BOX_LABELS].tolist() == [3]
+
+
+def make_kaggle_sample(root, n_patients=20, with_test_list=False):
+    """Kaggle's "Random Sample of NIH Chest X-ray Dataset" layout: sample_labels.csv (the NIH
+    columns plus OriginalImageWidth/Height/PixelSpacing_x/_y, ages like "060Y") and images/,
+    no split lists; optionally the official test_list.txt naming some of the films."""
+    os.makedirs(root / "sample" / "images")
+    lines = ["Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+             "View Position,OriginalImageWidth,OriginalImageHeight,OriginalImagePixelSpacing_x,"
+             "OriginalImagePixelSpacing_y"]
+    names = []
+    for p in range(1, n_patients + 1):
+        for follow in range(2):
+            name = f"{p:08d}_{follow:03d}.png"
+            names.append(name)
+            finding = "Effusion" if p % 3 == 0 else "No Finding"
+            lines.append(f"{name},{finding},{follow},{p},0{40 + p}Y,{'MF'[p % 2]},PA,2500,2048,"
+                         f"0.143,0.143")
+            bf.write_png(str(root / "sample" / "images" / name), bf.radiograph((40, 40), seed=p))
+    (root / "sample" / "sample_labels.csv").write_text("\n".join(lines) + "\n")
+    if with_test_list:
+        (root / "sample" / "test_list.txt").write_text("\n".join(names[:6]) + "\n")
+    return root / "sample", names
+
+
+def patients_of(builder, split):
+    return {e[fk.PATIENT_ID].decode() for e in examples(builder, split).values()}
+
+
+def test_kaggle_sample_layout_gets_a_patient_level_split(tmp_path):
+    manual, names = make_kaggle_sample(tmp_path)
+    builder = build(manual, tmp_path / "tfds")
+    counts = {s: builder.info.splits[s].num_examples for s in ("train", "validation", "test")}
+    assert sum(counts.values()) == len(names) == 40
+    assert counts["test"] == 8  # 20% of the 20 patients, both films of each
+    parts = [patients_of(builder, s) for s in ("train", "validation", "test")]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert summary(builder)["notes"]["label_table"].endswith("sample_labels.csv")
+    assert "patient-level split" in summary(builder)["notes"]["split_lists"]["test"]
+    effusion = labels.FINDINGS.index("Effusion")
+    for e in examples(builder, "train").values():
+        assert e[fk.LABELS][effusion] == (int(e[fk.PATIENT_ID].decode()) % 3 == 0)
+        assert e[fk.AGE] == 40 + int(e[fk.PATIENT_ID].decode())
+
+
+def test_the_official_test_list_is_honoured_where_its_films_are_present(tmp_path):
+    manual, names = make_kaggle_sample(tmp_path, with_test_list=True)
+    builder = build(manual, tmp_path / "tfds")
+    assert sorted(examples(builder, "test")) == sorted(names[:6])
+    assert builder.info.splits["train"].num_examples + builder.info.splits[
+        "validation"].num_examples == 34
+
+
+def test_a_train_val_list_without_the_test_list_is_refused(tmp_path):
+    manual, names = make_kaggle_sample(tmp_path)
+    (manual / "train_val_list.txt").write_text("\n".join(names) + "\n")
+    with pytest.raises(_common.DataError, match="train_val_list.txt found but no test_list.txt"):
+        build(manual, tmp_path / "tfds")

@@ -6,7 +6,11 @@ file name wherever they are, e.g. `images/`, or `images_001/images/` ... as on K
   - `Data_Entry_2017_v2020.csv` or `Data_Entry_2017.csv` (also `.csv.gz`; v2020 preferred when
     both exist): one row per image. Columns are read by name; the 2017 table's trailing empty
     column and the `Patient Gender` / `Patient Sex` spellings are accepted.
-  - `train_val_list.txt`, `test_list.txt`: the official patient-disjoint split.
+  - or Kaggle's "Random Sample of NIH Chest X-ray Dataset" table `sample_labels.csv` (the same
+    columns and more; 5,606 films in `images/`).
+  - `train_val_list.txt`, `test_list.txt`: the official patient-disjoint split. Copies without
+    them get a patient-level split of the films present: `test_list.txt` alone is honoured where
+    its films are present; with neither, 20% of the patients (by hash) are the test split.
   - `BBox_List_2017.csv` (optional): 984 boxes on 880 test images, x, y, w, h in the 1024-pixel
     frame of the official PNGs (NOT the `OriginalImage[Width,Height]` frame of the label table,
     which is the size of the DICOM before NIH resized it to 1024x1024).
@@ -58,11 +62,16 @@ from cxr_tf.data.builders._common import DataError
 
 log = logging.getLogger("cxr_tf")
 
-LABEL_TABLES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+# The NIH tables, then the label table of Kaggle's "Random Sample of NIH Chest X-ray Dataset"
+# (5,606 films in images/, the same columns, no split lists).
+LABEL_TABLES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv", "sample_labels.csv")
 BOX_TABLE = "BBox_List_2017.csv"
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
 SPLITS = ("train", "validation", "test", "bbox")
+# Without test_list.txt (copies that ship none): the share of PATIENTS held out as `test`, chosen
+# by hash like the validation patients (with the split seed + 1, so the two picks differ).
+TEST_FRACTION_WITHOUT_LIST = 0.2
 BOX_FRAME = 1024  # side of the official PNGs, the frame of BBox_List_2017.csv
 BOX_TOLERANCE = 1.0  # boxes may overshoot the frame by this many pixels (then clipped)
 IMAGE_FORMATS = ("raw", "png")  # stored image encodings (Chestxray14Config.image_format)
@@ -82,7 +91,8 @@ MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download ChestX-ray14 from https://nihcc.app.box.com/v/ChestXray-NIHCC (or a mirror such as
 Kaggle's "NIH Chest X-rays"), unpack the image archives you want and put the tables beside them:
   MANUAL_DIR/Data_Entry_2017_v2020.csv (or Data_Entry_2017.csv; .csv.gz also accepted)
-  MANUAL_DIR/train_val_list.txt, MANUAL_DIR/test_list.txt
+  MANUAL_DIR/train_val_list.txt, MANUAL_DIR/test_list.txt (without them, as in Kaggle's
+    sample with its sample_labels.csv: a patient-level split of the films present)
   MANUAL_DIR/BBox_List_2017.csv (optional: the `bbox` split)
   MANUAL_DIR/images/*.png (any sub-folders; missing images are skipped and counted)
 then: cxr-build-dataset --work_dir=WORK --config=paper --dataset=chestxray14 --manual_dir=MANUAL_DIR
@@ -293,6 +303,50 @@ def index_images(found, manual_dir):
     return paths
 
 
+def _split_lists(found, manual_dir, rows, paths, split_seed, summary):
+    """{"train_val"|"test": {image name: line}, "<key>_path": the list file or a description}.
+
+    The official lists when they are there. Copies without them (Kaggle's sample, flat folders
+    of some films) get a patient-level split of the films present: test_list.txt alone is
+    honoured where its films are present, the other films being train_val; with no list at all,
+    TEST_FRACTION_WITHOUT_LIST of the patients (by hash) are the test split.
+
+    Raises:
+      DataError: an image listed in both official lists; train_val_list.txt without
+        test_list.txt.
+    """
+    lists = {}
+    for key, name in (("train_val", TRAIN_VAL_LIST), ("test", TEST_LIST)):
+        path = _common.find_table(found, (name,), manual_dir, required=False)
+        if path:
+            lists[key], lists[key + "_path"] = _common.read_name_list(path), path
+    if "train_val" in lists and "test" not in lists:
+        raise DataError(f"{lists['train_val_path']} found but no {TEST_LIST} under {manual_dir}: "
+                        f"put the official test list beside it (or remove both for a "
+                        f"patient-level split of the films present)")
+    present = sorted(n for n in rows if n in paths)
+    if "test" not in lists:
+        patients = {rows[n].patient for n in present}
+        test_patients = _common.hash_pick(patients, TEST_FRACTION_WITHOUT_LIST, split_seed + 1)
+        rule = (f"no {TRAIN_VAL_LIST} / {TEST_LIST}: round({TEST_FRACTION_WITHOUT_LIST} * "
+                f"patients) first by sha256('{split_seed + 1}:<patient id>') are test")
+        lists["test"] = {n: 0 for n in present if rows[n].patient in test_patients}
+        lists["test_path"] = f"(patient-level split: {rule})"
+        log.warning("%s has no official split lists: %s", manual_dir, rule)
+        summary.note("split_rule", rule)
+    if "train_val" not in lists:
+        lists["train_val"] = {n: 0 for n in present if n not in lists["test"]}
+        lists["train_val_path"] = f"(every film present not in {lists['test_path']})"
+    summary.note("split_lists", {k: lists[k + "_path"] for k in ("train_val", "test")})
+    both = set(lists["train_val"]) & set(lists["test"])
+    if both:
+        name = sorted(both)[0]
+        raise DataError(f"{lists['test_path']}, line {lists['test'][name]}: image {name!r} is "
+                        f"also in {lists['train_val_path']} (line {lists['train_val'][name]}); "
+                        f"{len(both)} images are in both lists")
+    return lists
+
+
 def plan_build(manual_dir, validation_fraction=0.1, split_seed=0):
     """Reads the tables and lists the images present; decides every split.
 
@@ -310,17 +364,7 @@ def plan_build(manual_dir, validation_fraction=0.1, split_seed=0):
     summary.note("label_table", label_path)
     summary.note("label_rows", len(rows))
     paths = index_images(found, manual_dir)
-    lists = {}
-    for key, name in (("train_val", TRAIN_VAL_LIST), ("test", TEST_LIST)):
-        path = _common.find_table(found, (name,), manual_dir)
-        lists[key], lists[key + "_path"] = _common.read_name_list(path), path
-    both = set(lists["train_val"]) & set(lists["test"])
-    if both:
-        name = sorted(both)[0]
-        raise DataError(f"{lists['test_path']}, line {lists['test'][name]}: image {name!r} is "
-                        f"also in {lists['train_val_path']} (line {lists['train_val'][name]}); "
-                        f"{len(both)} images are in both lists")
-
+    lists = _split_lists(found, manual_dir, rows, paths, split_seed, summary)
     # Validation patients: chosen from the whole train_val list, present images or not.
     train_val_patients = {rows[n].patient for n in lists["train_val"] if n in rows}
     val_patients = _common.hash_pick(train_val_patients, validation_fraction, split_seed)
