@@ -13,9 +13,11 @@ $(STAMP): setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found; run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[cpu,test,tfds]'
-	# TF Serving's protos without their dependencies (they would add a second, full TensorFlow)
-	$(VENV)/bin/python -m pip install --quiet --no-deps 'tensorflow-serving-api>=2.21,<2.22'
+	# Environments made before cxr_tf[cpu] meant `tensorflow`: tensorflow-cpu installs the same
+	# module, and two copies of it must not be mixed.
+	$(VENV)/bin/python -m pip uninstall --quiet --yes tensorflow-cpu 2>/dev/null || true
+	# Exactly what `pip install 'cxr_tf[cpu,serving]'` gives, plus the test tools and tfds build.
+	$(VENV)/bin/python -m pip install --quiet -e '.[cpu,serving,test,tfds]'
 	touch $(STAMP)
 
 install: $(STAMP)

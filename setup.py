@@ -7,9 +7,11 @@ from setuptools import find_packages, setup
 with open("cxr_tf/__init__.py") as f:
     VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
 
-# TensorFlow itself comes from an extra, as with jax[cpu] / jax[cuda]: `cpu` installs the small
-# CPU-only build, `gpu` the full build with its CUDA libraries. The two builds install the same
-# `tensorflow` module and must not be mixed in one environment.
+# TensorFlow itself comes from an extra, as with jax[cpu] / jax[cuda]: `cpu` installs the standard
+# `tensorflow` distribution (it runs on CPUs; CUDA libraries come only with `gpu`, its
+# `and-cuda` extra). The same distribution in both, on purpose: TF Serving's protos
+# (`serving`) require `tensorflow` by that name, and beside `tensorflow-cpu` pip would install a
+# second copy of the same module.
 CORE = [
     "keras>=3.15,<4",
     "tensorflow-datasets>=4.9.10",
@@ -48,12 +50,14 @@ setup(
     package_data={"cxr_tf.pretrained": ["*.keras", "*.json", "*.md"]},
     install_requires=CORE,
     extras_require={
-        "cpu": ["tensorflow-cpu>=2.21,<2.22; platform_machine=='x86_64'",
-                "tensorflow>=2.21,<2.22; platform_machine!='x86_64'"],
+        "cpu": ["tensorflow>=2.21,<2.22"],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
         "test": ["pytest>=8", "pytest-xdist>=3", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6", "ruff>=0.6", "import-linter>=2.0"],
         "notebook": ["jupyterlab", "ipykernel>=6"],
+        # TF Serving's protos: warm-up requests and models.config in every export, the gRPC
+        # stand-in (cxr-rest --grpc_port). `make install` installs this extra too.
+        "serving": ["tensorflow-serving-api>=2.21,<2.22"],
         # `tfds build` (TFDS's own command line) imports these at start-up, whatever the
         # builder; cxr-build-dataset does not need them.
         "tfds": ["apache-beam>=2.60", "mlcroissant>=1.0"],

@@ -291,16 +291,37 @@ def thresholds_from_report(report_path):
     return [c["threshold"] for c in classes]
 
 
+WARMUP_CHOICES = ("required", "if_available", "skip")
+
+
 def export(classifier_path, export_dir, resize_size=None, report_path=None, version=None,
            max_image_pixels=export_lib.DEFAULT_MAX_IMAGE_PIXELS, model_name="cxr",
-           serving_base_path=None):
+           serving_base_path=None, warmup="required"):
     """Exports a trained classifier to EXPORT_DIR/<version>/ and returns the version directory.
 
     Thresholds come from an evaluation report when given (chosen on validation), else 0.5. The
     version holds a model card generated from that report and TF Serving warm-up requests;
     EXPORT_DIR gets models.config (for `--model_config_file`; base path `serving_base_path`,
     default /models/<model_name> as in TF Serving's container) and batching_parameters.txt.
+
+    `warmup`: "required" (cxr-export's default) refuses at once, before any work, when TF
+    Serving's protos (the `serving` extra) are missing, since the export would lack its warm-up
+    requests and models.config; "if_available" (the demo) writes them when it can and warns
+    otherwise; "skip" writes neither.
     """
+    if warmup not in WARMUP_CHOICES:
+        raise ValueError(f"warmup={warmup!r}: expected one of {', '.join(WARMUP_CHOICES)}")
+    protos = warmup != "skip" and tf_serving.available()
+    if warmup == "required" and not protos:
+        raise ValueError(
+            "TF Serving's protos (the tensorflow-serving-api package) are not installed, so this "
+            "export would lack its warm-up requests (assets.extra/tf_serving_warmup_requests: "
+            "TF Serving's first request would pay the model's tracing) and models.config: pip "
+            "install 'cxr_tf[serving]' (from a checkout: pip install -e '.[cpu,serving]'), or "
+            "pass --nowarmup to export without them")
+    if warmup == "if_available" and not protos:
+        log.warning("TF Serving's protos are not installed (pip install 'cxr_tf[serving]'): the "
+                    "export has no warm-up requests and no models.config")
     model = load_model(_require(classifier_path, "Classifier"))
     thresholds = report = None
     if report_path:
@@ -315,12 +336,11 @@ def export(classifier_path, export_dir, resize_size=None, report_path=None, vers
     path = export_lib.export_classifier(model, export_dir, resize_size=resize_size,
                                         thresholds=thresholds, version=version,
                                         max_image_pixels=max_image_pixels, model_name=model_name,
-                                        report=report, segmenter_info=segmenter_info)
-    try:
+                                        report=report, segmenter_info=segmenter_info,
+                                        warmup=protos)
+    if protos:
         tf_serving.write_server_config(export_dir, model_name,
                                        serving_base_path or f"/models/{model_name}")
-    except ImportError as e:
-        log.warning("No models.config written: %s", e)
     log.info("Exported SavedModel to %s", path)
     return path
 

@@ -61,7 +61,8 @@ def main(argv):
     _banner("5/6 export (TF Serving SavedModel)")
     export_path = workflow.export(clf_path, workflow.layout.export_dir(work_dir),
                                   resize_size=config.classifier.resize_size,
-                                  report_path=workflow.layout.report_json(eval_dir))
+                                  report_path=workflow.layout.report_json(eval_dir),
+                                  warmup="if_available")  # a bare `pip install cxr_tf[cpu]` too
 
     _banner("6/6 one encoded PNG through the exported serving_default signature")
     image_id, png, truth = workflow.first_test_png(builder)

@@ -29,7 +29,8 @@ def main(argv):
     path = workflow.export(model, f.export_dir or layout.export_dir(f.work_dir),
                            resize_size=config.classifier.resize_size, report_path=report,
                            version=f.version, max_image_pixels=f.max_image_pixels,
-                           model_name=f.model_name, serving_base_path=f.serving_base_path)
+                           model_name=f.model_name, serving_base_path=f.serving_base_path,
+                           warmup="required" if f.warmup else "skip")
     print(f"saved_model {path}")
 
 

@@ -173,6 +173,10 @@ def define_export():
                          "header, before decoding.", lower_bound=1)
     flags.DEFINE_string("model_name", "cxr", "Name TF Serving serves the model under (the "
                         "warm-up requests and models.config use it).")
+    flags.DEFINE_bool("warmup", True, "Write TF Serving's warm-up requests into the export and "
+                      "models.config beside it (needs TF Serving's protos, the `serving` extra: "
+                      "without them the export stops at once and says so). --nowarmup exports "
+                      "without them.")
     flags.DEFINE_string("serving_base_path", None, "Base path in the models.config written "
                         "beside the export, as TF Serving sees it (default /models/<model_name>, "
                         "the path in TF Serving's container).")

@@ -192,3 +192,22 @@ def test_tfds_build_makes_the_records_cxr_build_dataset_makes(tmp_path):
     for name, example in records[0].items():
         for key in ("image", "masks", "clavicles", "fold"):
             np.testing.assert_array_equal(example[key], records[1][name][key], err_msg=key)
+
+
+def test_an_export_without_the_protos_is_refused_at_once_or_warned(tmp_path, monkeypatch,
+                                                                   caplog):
+    from cxr_tf import workflow
+    from cxr_tf.models import build_classifier
+    monkeypatch.setattr(tf_serving, "available", lambda: False)
+    # Refused before the model is even opened (this path does not exist).
+    with pytest.raises(ValueError, match=r"export would lack its warm-up requests \(assets.extra/"
+                                         r"tf_serving_warmup_requests.*and models.config: pip "
+                                         r"install 'cxr_tf\[serving\]'.*--nowarmup"):
+        workflow.export(str(tmp_path / "no_model.keras"), str(tmp_path / "export"))
+    model = build_classifier("chexnet", backbone="densenet_tiny", input_size=64)
+    model.save(str(tmp_path / "m.keras"))
+    path = workflow.export(str(tmp_path / "m.keras"), str(tmp_path / "export"),
+                           warmup="if_available")
+    assert "export has no warm-up requests and no models.config" in caplog.text
+    assert not os.path.exists(os.path.join(path, "assets.extra", "tf_serving_warmup_requests"))
+    assert not os.path.exists(tmp_path / "export" / "models.config")

@@ -11,9 +11,8 @@ configuration files, written with TF Serving's own protocol buffers.
 - `batching_parameters.txt`: a `BatchingParameters` text proto (`--enable_batching
   --batching_parameters_file`); the values and their reasons are in docs/serving.md.
 
-The protos come from the `tensorflow-serving-api` package, installed without its dependencies
-(it would pull a second, full TensorFlow beside tensorflow-cpu): `pip install --no-deps
-'tensorflow-serving-api>=2.21,<2.22'` (`make install` does it). `BatchingParameters` is not
+The protos come from the `tensorflow-serving-api` package: the `serving` extra
+(`pip install 'cxr_tf[cpu,serving]'`; `make install` installs it). `BatchingParameters` is not
 in that package; its text format is written here as TF Serving documents it.
 """
 
@@ -37,6 +36,15 @@ BATCHING_DEFAULTS = {"max_batch_size": 8, "batch_timeout_micros": 2000, "num_bat
                      "max_enqueued_batches": 64}
 
 
+def available():
+    """True when TF Serving's protos can be imported (the `serving` extra is installed)."""
+    try:
+        protos()
+    except ImportError:
+        return False
+    return True
+
+
 def protos():
     """TF Serving's API protos (tensorflow_serving.apis and .config), or ImportError saying how
     to install them."""
@@ -51,9 +59,9 @@ def protos():
         from tensorflow_serving.config import model_server_config_pb2
     except ImportError as e:
         raise ImportError(
-            "TF Serving's protos are missing: pip install --no-deps "
-            "'tensorflow-serving-api>=2.21,<2.22' (without --no-deps it installs a second, full "
-            f"TensorFlow); `make install` does it. ({e})") from None
+            "TF Serving's protos (the tensorflow-serving-api package) are not installed: pip "
+            "install 'cxr_tf[serving]' (from a checkout: pip install -e '.[cpu,serving]'; "
+            f"`make install` has them) ({e})") from None
     return {"predict": predict_pb2, "prediction_log": prediction_log_pb2, "model": model_pb2,
             "metadata": get_model_metadata_pb2, "service_grpc": prediction_service_pb2_grpc,
             "model_server_config": model_server_config_pb2}

@@ -67,7 +67,7 @@ def summary_scalar(name, value, step):
     """Writes one TensorBoard scalar to the default tf.summary writer.
 
     The same record `tf.summary.scalar` writes, but without needing the `tensorboard` package
-    (which `tf.summary.scalar` imports and tensorflow-cpu does not install): only viewing the
+    (which `tf.summary.scalar` imports and TensorFlow 2.21 does not install): only viewing the
     logs needs TensorBoard.
     """
     metadata = summary_pb2.SummaryMetadata()
