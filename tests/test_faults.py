@@ -370,6 +370,16 @@ def test_sigkill_during_export_leaves_no_partial_version(work):
         assert os.path.exists(export / v / "variables" / "variables.index")
 
 
+def test_a_file_that_is_not_a_model_is_one_line_with_exit_code_7(work):
+    best = work / "classifier" / "best.keras"
+    best.write_bytes(best.read_bytes()[:1000])  # a copy cut short
+    proc = binary("export", f"--work_dir={work}")
+    line = error_line(proc)
+    assert proc.returncode == errors.EXIT_CODES["model_file"] == 7
+    assert f"{best} is not a Keras model file" in line and "retrain, or copy the file again" in line
+    assert [n for n in os.listdir(work / "export") if n.isdigit()] == ["1"]
+
+
 # ---- the classes -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("exc, kind", [
