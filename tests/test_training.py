@@ -182,12 +182,17 @@ def test_resume_refuses_changed_settings_and_records_more_epochs(tiny_builder,
         history = json.load(f)
     assert [h["epoch"] for h in history] == [1, 2]
     assert [h["learning_rate"] for h in history] == pytest.approx([0.001, 0.001])
-    # Another segmenter is another run.
+    # The same segmenter file elsewhere (a copied or moved work directory) is the same run...
     import shutil
-    other = shutil.copy(tiny_segmenter_path, tmp_path / "other_segmenter.keras")
-    with pytest.raises(train.ResumeMismatch, match="segmenter: checkpointed"):
-        train.train_classifier(more, tiny_builder, run_dir, segmenter_path=str(other),
-                               verbose=0)
+    copy = shutil.copy(tiny_segmenter_path, tmp_path / "copied_segmenter.keras")
+    train.train_classifier(more, tiny_builder, run_dir, segmenter_path=str(copy), verbose=0)
+    # ...another segmenter is another run.
+    other = load_model(tiny_segmenter_path)
+    other.trainable_variables[0].assign(other.trainable_variables[0] + 1.0)
+    other.save(str(tmp_path / "other_segmenter.keras"))
+    with pytest.raises(train.ResumeMismatch, match="segmenter: checkpointed 'sha256:"):
+        train.train_classifier(more, tiny_builder, run_dir,
+                               segmenter_path=str(tmp_path / "other_segmenter.keras"), verbose=0)
 
 
 def test_tensorboard_pictures_and_an_opt_in_profiler_trace(tiny_builder, tmp_path):

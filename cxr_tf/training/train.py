@@ -12,6 +12,7 @@ same global batches.
 
 import contextlib
 import functools
+import hashlib
 import inspect
 import json
 import logging
@@ -211,8 +212,13 @@ def _flatten(d, prefix=""):
     return out
 
 
-def _compared(run):
-    """The settings of an experiment.json record that must not change on resume."""
+def _compared(run, by_content=True):
+    """The settings of an experiment.json record that must not change on resume.
+
+    The segmenter is compared by its file's SHA-256 (`by_content`, when the record has it), so a
+    work directory copied or moved elsewhere resumes with its own segmenter; records written
+    before the hash was kept compare the absolute path.
+    """
     section = run["role"]
     config = run["config"]
     keep = {"data": config["data"], section: config[section], "seed": config["seed"]}
@@ -220,9 +226,19 @@ def _compared(run):
     for key in ("segmenter", "datasets"):
         if key in run:
             flat[key] = run[key]
-    if flat.get("segmenter"):  # the same file, whether named relative or absolute
+    if by_content and run.get("segmenter_sha256"):
+        flat["segmenter"] = f"sha256:{run['segmenter_sha256']}"
+    elif flat.get("segmenter"):  # the same file, whether named relative or absolute
         flat["segmenter"] = os.path.abspath(flat["segmenter"])
     return flat
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _checkpointed_epoch(trainer):
@@ -261,7 +277,8 @@ def _record_experiment(work_dir, trainer, config, **run):
     if done is not None and os.path.exists(path):
         with open(path) as f:
             stored = json.load(f)
-        before, now = _compared(stored), _compared(run)
+        by_content = bool(stored.get("segmenter_sha256"))
+        before, now = _compared(stored, by_content), _compared(run, by_content)
         changed = sorted(k for k in set(before) | set(now)
                          if before.get(k) != now.get(k)
                          and k.rsplit(".", 1)[-1] not in RESUMABLE_CHANGES)
@@ -567,6 +584,7 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
                  clf.epochs, clf.batch_size)
         _record_experiment(work_dir, trainer, config, role="classifier",
                            segmenter=segmenter_path and os.path.abspath(segmenter_path),
+                           segmenter_sha256=segmenter_path and _sha256(segmenter_path),
                            backbone_weights=_weights_source(backbone_weights),
                            positive_class_weights=pos_weights,
                            **_run_info(strategy, policy, trainer))
