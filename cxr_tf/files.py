@@ -80,6 +80,15 @@ def save_model_atomic(model, path):
             _remove(tmp + ".keras")
 
 
+def file_digest(path, algorithm="sha256"):
+    """The hex digest of a file's bytes (hashlib's `algorithm`), read in 1 MiB chunks."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def remove_stale_temporaries(directory):
     """Removes `.tmp-*` files and folders left in `directory` by writers that were killed
     (SIGKILL leaves no chance to clean up). Returns the names removed."""

@@ -13,7 +13,6 @@ calls them in order. The work directory's layout is cxr_tf.layout (re-exported h
     rest_server / answer_rest_request         TF Serving's REST API offline (cxr-rest)
 """
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -150,7 +149,7 @@ def evaluate(classifier_path, builder, config, out_dir, split="test", segmenter_
     """
     if classifier_path is None and segmenter_path is None:
         raise ValueError("Nothing to evaluate: give a classifier, a segmenter, or both")
-    with _stage(out_dir):
+    with train.writing_stage(out_dir):
         return _evaluate(classifier_path, builder, config, out_dir, split, segmenter_path,
                          n_resamples, signature, box_builder, box_split, cam_threshold,
                          max_overlays, seg_builder, seg_split)
@@ -377,24 +376,12 @@ def train_segmenter(config, work_dir, data_dir=None, manual_dir=None, strategy="
     configs_lib.segmenter_sources(config.segmenter, config.data.dataset)
     distribution = strategies.make_strategy(strategy)
     run_dir = layout.segmenter_dir(work_dir)
-    with _stage(run_dir, distribution):  # refused before any data is built
+    with train.writing_stage(run_dir, distribution):  # refused before any data is built
         if builders is None:
             builders = build_segmentation_data(config, data_dir or layout.data_dir(work_dir),
                                                manual_dir)
         return train.train_segmenter(config, builders, run_dir, strategy=distribution,
                                      verbose=verbose)
-
-
-def _stage(directory, strategy=None, stage=None):
-    """The stage lock of `directory` (files.stage_lock, the stage named `stage` or like the
-    directory; the chief's only under multi-worker training), with damaged records met inside
-    named (datasets.naming_damage)."""
-    stack = contextlib.ExitStack()
-    if strategy is None or strategies.is_chief(strategy):
-        stack.enter_context(files.stage_lock(
-            directory, stage or os.path.basename(os.path.normpath(directory))))
-    stack.enter_context(datasets.naming_damage())
-    return stack
 
 
 def train_classifier(config, work_dir, data_dir=None, manual_dir=None, strategy="default",
@@ -414,7 +401,7 @@ def train_classifier(config, work_dir, data_dir=None, manual_dir=None, strategy=
     configs_lib.check_training_options(config.classifier, "classifier")
     distribution = strategies.make_strategy(strategy)
     run_dir = layout.classifier_dir(work_dir, config.classifier.variant)
-    with _stage(run_dir, distribution):  # refused before any data is built
+    with train.writing_stage(run_dir, distribution):  # refused before any data is built
         if builder is None:
             builder = build_data(config, data_dir or layout.data_dir(work_dir), manual_dir)
         segmenter_path = None
@@ -461,7 +448,7 @@ def run_ablation(config, data_dir, work_dir, variants=ablation_lib.VARIANTS, ove
     if unknown:
         raise ValueError(f"Unknown variants {unknown}; expected some of "
                          f"{', '.join(ablation_lib.VARIANTS)}")
-    with _stage(work_dir, stage="ablation"):
+    with train.writing_stage(work_dir, stage="ablation"):
         return _run_ablation(config, data_dir, work_dir, variants, overrides, segmenter_path,
                              n_resamples, max_overlays, manual_dir, verbose)
 

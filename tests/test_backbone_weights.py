@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from cxr_tf import files
 from cxr_tf.models import backbones
 
 
@@ -38,7 +39,7 @@ def table_for(monkeypatch, fake_imagenet_file):
     path, _ = fake_imagenet_file
     fname, base, _ = backbones.IMAGENET_WEIGHTS["densenet121"]
     monkeypatch.setitem(backbones.IMAGENET_WEIGHTS, "densenet121",
-                        (fname, base, backbones._md5(path)))
+                        (fname, base, files.file_digest(path, "md5")))
 
 
 def offline(*args, **kwargs):
@@ -76,7 +77,7 @@ def test_missing_weights_are_downloaded_once_into_the_cache(keras_home, fake_ima
     assert first == again == str(keras_home / "models" / os.path.basename(path))
     (fname, origin, subdir, md5, cache_dir), = calls
     assert origin.endswith("/keras-applications/densenet/" + fname) and subdir == "models"
-    assert md5 == backbones._md5(path) and cache_dir == str(keras_home)
+    assert md5 == files.file_digest(path, "md5") and cache_dir == str(keras_home)
 
 
 def test_offline_without_the_cached_file_names_the_file_and_where_to_put_it(keras_home,

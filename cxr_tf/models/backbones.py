@@ -4,13 +4,12 @@ Every backbone maps a (S, S, 3) normalised image to a (S/32, S/32, C) feature ma
 as a nested functional model named "backbone".
 """
 
-import hashlib
 import logging
 import os
 
 import keras
 
-from cxr_tf import configs
+from cxr_tf import configs, files
 
 log = logging.getLogger("cxr_tf")
 
@@ -46,14 +45,6 @@ def keras_cache_dir():
     return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
 
 
-def _md5(path):
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def imagenet_weights_path(name, download=None):
     """The local file of a backbone's ImageNet weights, as keras.applications users expect:
     the Keras cache's copy when it is there (its MD5 checked), else downloaded once into the
@@ -76,7 +67,7 @@ def imagenet_weights_path(name, download=None):
     origin = base + fname
     cached = os.path.join(keras_cache_dir(), "models", fname)
     if os.path.exists(cached):
-        found = _md5(cached)
+        found = files.file_digest(cached, "md5")
         if found != md5:
             raise ValueError(f"{cached} is not Keras' ImageNet weights file for {name} (MD5 "
                              f"{found}, expected {md5}): delete it and run again where the "

@@ -12,7 +12,6 @@ same global batches.
 
 import contextlib
 import functools
-import hashlib
 import inspect
 import json
 import logging
@@ -233,13 +232,6 @@ def _compared(run, by_content=True):
     return flat
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _checkpointed_epoch(trainer):
     """Completed epochs in the latest checkpoint (None when there is none), without restoring."""
@@ -407,23 +399,28 @@ def _trainer(model, loss_fn, optimizer, strategy, work_dir, metric, options, pol
                         profile_steps=configs_lib.parse_profile_steps(options.profile_steps))
 
 
+@contextlib.contextmanager
+def writing_stage(directory, strategy=None, stage=None):
+    """The block writes the stage `directory`: it holds the stage's lock (files.stage_lock, the
+    stage named `stage` or like the directory; a second writer is refused at once), and damaged
+    records it meets are named (datasets.naming_damage). Under multi-worker training only the
+    chief locks (`strategy`); the other workers write scratch files only."""
+    lock = (files.stage_lock(directory, stage or os.path.basename(os.path.normpath(directory)))
+            if strategy is None or strategies.is_chief(strategy) else contextlib.nullcontext())
+    with lock, datasets.naming_damage():
+        yield
+
+
 def one_writer(fn):
-    """Runs a training function `fn(config, builder, work_dir, ..., strategy=None, ...)` holding
-    the stage lock of its work directory (cxr_tf.files.stage_lock, stage named like the
-    directory): a second process training into the same directory is refused at once. Under
-    multi-worker training only the chief locks; the other workers write scratch files only.
-    Damaged records met while it reads data are named (datasets.naming_damage)."""
+    """Runs a training function `fn(config, builder, work_dir, ..., strategy=None, ...)` inside
+    writing_stage(work_dir, strategy)."""
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def locked(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
         strategy = bound.arguments.get("strategy") or tf.distribute.get_strategy()
-        work_dir = str(bound.arguments["work_dir"])
-        stage = os.path.basename(os.path.normpath(work_dir))
-        lock = (files.stage_lock(work_dir, stage) if strategies.is_chief(strategy)
-                else contextlib.nullcontext())
-        with lock, datasets.naming_damage():
+        with writing_stage(str(bound.arguments["work_dir"]), strategy):
             return fn(*args, **kwargs)
 
     return locked
@@ -584,7 +581,7 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
                  clf.epochs, clf.batch_size)
         _record_experiment(work_dir, trainer, config, role="classifier",
                            segmenter=segmenter_path and os.path.abspath(segmenter_path),
-                           segmenter_sha256=segmenter_path and _sha256(segmenter_path),
+                           segmenter_sha256=segmenter_path and files.file_digest(segmenter_path),
                            backbone_weights=_weights_source(backbone_weights),
                            positive_class_weights=pos_weights,
                            **_run_info(strategy, policy, trainer))
