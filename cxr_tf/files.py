@@ -1,9 +1,24 @@
-"""Writing files whole or not at all: the one atomic-write helper of cxr_tf.
+"""Files of cxr_tf on any filesystem TensorFlow reads, written whole or not at all, and locks.
 
-Every writer goes through a temporary file in the destination's directory and an `os.replace`,
-so a reader (TF Serving, a resumed run, a notebook) never sees half a file, and a failure (an
-exception, a full disk, Ctrl-C) removes the temporary file instead of leaving it behind.
-Temporary names start with `.tmp-`, which the project's readers ignore.
+Paths are local paths or URIs TensorFlow's `tf.io.gfile` serves (`gs://bucket/run`, `s3://`
+with tensorflow-io, `ram://` in tests); the helpers below are what the rest of cxr_tf uses
+instead of `os`, `open` and `shutil`, so a work directory, its records, checkpoints, exports
+and reports can live on an object store. Raw downloads (`--manual_dir`) stay on a local disk.
+
+Atomic writes. Every writer goes through a temporary name in the destination's folder and a
+rename, so a reader (TF Serving, a resumed run, a notebook) never sees half a file, and a
+failure (an exception, a full disk, Ctrl-C) removes the temporary instead of leaving it behind.
+Temporary names start with `.tmp-`, which the project's readers ignore. On a local disk the
+rename is `os.replace` (atomic). On an object store (GCS) an object appears whole when its
+upload closes and a rename is a copy then a delete: a reader never sees half an object, but a
+writer killed between copy and delete can leave the `.tmp-` object behind (the next writer of
+that folder removes it), and a directory rename (a SavedModel version) moves object by object,
+so TF Serving should watch a base path only after cxr-export has returned.
+
+Locks. Stage locks and build locks are flock()s: they hold between processes on one machine,
+and across machines only on file systems with working flock (local disks, NFSv4). Object
+stores have no exclusive create or lock, so for a work directory there cxr_tf takes no stage
+lock (it says so in a warning): one writer per stage is then the team's rule to keep.
 """
 
 import contextlib
@@ -18,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import uuid
 
 from cxr_tf import errors
 
@@ -26,20 +42,170 @@ log = logging.getLogger("cxr_tf")
 TMP_PREFIX = ".tmp-"
 
 
+def _gfile():
+    import tensorflow as tf  # deferred: cxr_tf.files is imported by TensorFlow-free tools
+    return tf.io.gfile
+
+
+@contextlib.contextmanager
+def _as_os_errors(path):
+    """TensorFlow's filesystem errors as the OSError subclasses callers of `os` expect."""
+    import tensorflow as tf
+    try:
+        yield
+    except tf.errors.NotFoundError as e:
+        raise FileNotFoundError(2, e.message or "not found", os.fspath(path)) from None
+    except tf.errors.PermissionDeniedError as e:
+        raise PermissionError(13, e.message or "permission denied", os.fspath(path)) from None
+    except tf.errors.OpError as e:
+        raise OSError(5, e.message or type(e).__name__, os.fspath(path)) from None
+
+
+def is_local(path):
+    """True for a path on a local disk; False for URIs such as gs://bucket/run or ram://x."""
+    path = os.fspath(path)
+    return "://" not in path or path.startswith("file://")
+
+
+def absolute(path):
+    """`path` made absolute (local paths; URIs are absolute already and returned unchanged)."""
+    path = os.fspath(path)
+    return os.path.abspath(path) if is_local(path) else path
+
+
+# Local paths go through os and open (their errors and speed unchanged), URIs through gfile.
+
+def exists(path):
+    """Whether a file or folder exists at `path` (any filesystem)."""
+    path = os.fspath(path)
+    return os.path.exists(path) if is_local(path) else _gfile().exists(path)
+
+
+def isdir(path):
+    """Whether `path` is a folder (any filesystem)."""
+    path = os.fspath(path)
+    return os.path.isdir(path) if is_local(path) else _gfile().isdir(path)
+
+
+def makedirs(path):
+    """Creates the folder `path` and its parents; an existing folder is fine."""
+    path = os.fspath(path)
+    if is_local(path):
+        os.makedirs(path, exist_ok=True)
+        return
+    with _as_os_errors(path):
+        _gfile().makedirs(path)
+
+
+def listdir(path):
+    """The names in folder `path` (no trailing slashes; any filesystem)."""
+    path = os.fspath(path)
+    if is_local(path):
+        return os.listdir(path)
+    with _as_os_errors(path):
+        return [name.rstrip("/") for name in _gfile().listdir(path)]
+
+
+def getsize(path):
+    """The size of file `path` in bytes (any filesystem)."""
+    path = os.fspath(path)
+    if is_local(path):
+        return os.path.getsize(path)
+    with _as_os_errors(path):
+        return _gfile().stat(path).length
+
+
+def glob(pattern):
+    """The paths matching a glob `pattern` (any filesystem)."""
+    return _gfile().glob(os.fspath(pattern))
+
+
+def open_file(path, mode="r"):
+    """A file object for `path` in `mode` ("r", "rb", "w", "wb", "a"; any filesystem)."""
+    path = os.fspath(path)
+    if is_local(path):
+        return open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+    return _gfile().GFile(path, mode)
+
+
+def read_text(path):
+    """The text of file `path` (UTF-8; any filesystem)."""
+    with _as_os_errors(path), open_file(path, "r") as f:
+        return f.read()
+
+
+def read_json(path):
+    """The JSON object stored in file `path` (any filesystem)."""
+    return json.loads(read_text(path))
+
+
+def copy(src, dst, overwrite=False):
+    """Copies file `src` to `dst` (any filesystems, e.g. a local file into gs://)."""
+    with _as_os_errors(src):
+        _gfile().copy(os.fspath(src), os.fspath(dst), overwrite=overwrite)
+
+
+def remove(path):
+    """Removes a file or folder tree at `path` if there is one (any filesystem)."""
+    path = os.fspath(path)
+    if is_local(path):
+        _remove(path)
+    else:
+        import tensorflow as tf
+        try:
+            if _gfile().isdir(path):
+                _gfile().rmtree(path)
+            elif _gfile().exists(path):
+                _gfile().remove(path)
+        except tf.errors.NotFoundError:
+            pass  # gone already (or a folder that only existed through its objects)
+        except tf.errors.OpError as e:
+            raise OSError(5, e.message or type(e).__name__, path) from None
+
+
+def rename(src, dst):
+    """Moves `src` (a file, or a folder into a new name) to `dst`, replacing a file there:
+    `os.replace` on a local disk; elsewhere gfile's rename (a copy then a delete per object),
+    file by file for a folder."""
+    src, dst = os.fspath(src).rstrip("/"), os.fspath(dst).rstrip("/")
+    if is_local(src) and is_local(dst):
+        os.replace(src, dst)
+        return
+    gfile = _gfile()
+    with _as_os_errors(src):
+        if not gfile.isdir(src):
+            gfile.rename(src, dst, overwrite=True)
+            return
+        # Object stores have no folders to rename (GCS's own folder rename is this loop too;
+        # some filesystems, ram:// among them, rename the folder entry only).
+        for root, _, names in gfile.walk(src):
+            target = dst + root[len(src):]
+            gfile.makedirs(target)
+            for name in names:
+                path = f"{root}/{name}"
+                if gfile.exists(path):  # ram:// lists "assets/.extra" for assets.extra/...
+                    gfile.rename(path, f"{target}/{name}", overwrite=True)
+    remove(src)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path beside `path`; on success it replaces `path`, on failure it is
     removed (file or directory) and the exception propagates."""
-    directory, base = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{base}-", dir=directory)
-    os.close(fd)
-    os.unlink(tmp)  # the writer creates it (a file or, for Keras, its own archive)
+    path = os.fspath(path)
+    directory, base = os.path.split(absolute(path))
+    makedirs(directory)
+    if is_local(directory):
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{base}-", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)  # the writer creates it (a file or, for Keras, its own archive)
+    else:
+        tmp = os.path.join(directory, f"{TMP_PREFIX}{base}-{uuid.uuid4().hex[:12]}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        rename(tmp, path)
     except BaseException as e:
-        _remove(tmp)
+        remove(tmp)
         if isinstance(e, OSError) and not e.filename:  # e.g. "[Errno 27] File too large"
             raise OSError(e.errno, f"{e.strerror or e} while writing {path}") from e
         raise
@@ -55,7 +221,7 @@ def _remove(path):
 def write_bytes_atomic(path, data):
     """Writes `data` (bytes) to `path`, whole or not at all."""
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
+        with _as_os_errors(path), open_file(tmp, "wb") as f:
             f.write(data)
 
 
@@ -75,15 +241,15 @@ def save_model_atomic(model, path):
     with atomic_path(path) as tmp:
         try:
             model.save(tmp + ".keras")  # Keras insists on the extension
-            os.replace(tmp + ".keras", tmp)
+            rename(tmp + ".keras", tmp)
         finally:
-            _remove(tmp + ".keras")
+            remove(tmp + ".keras")
 
 
 def file_digest(path, algorithm="sha256"):
     """The hex digest of a file's bytes (hashlib's `algorithm`), read in 1 MiB chunks."""
     digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
+    with open_file(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -93,11 +259,11 @@ def remove_stale_temporaries(directory):
     """Removes `.tmp-*` files and folders left in `directory` by writers that were killed
     (SIGKILL leaves no chance to clean up). Returns the names removed."""
     removed = []
-    if not os.path.isdir(directory):
+    if not isdir(directory):
         return removed
-    for name in sorted(os.listdir(directory)):
+    for name in sorted(listdir(directory)):
         if name.startswith(TMP_PREFIX):
-            _remove(os.path.join(directory, name))
+            remove(os.path.join(directory, name))
             removed.append(name)
     return removed
 
@@ -122,10 +288,11 @@ def make_readable(path):
 
 
 def lock_path_for(directory):
-    """A lock file for writers into `directory` that lives outside it (in the system's temporary
-    folder, named by a hash of the directory's absolute path), so data folders stay clean.
-    Processes on one machine take turns; other machines sharing the folder are not covered."""
-    key = hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:20]
+    """A lock file for writers into `directory` (a local path or a URI) that lives outside it,
+    in the system's temporary folder, named by a hash of the directory's absolute path, so data
+    folders stay clean. Processes on one machine take turns; other machines sharing the folder
+    are not covered."""
+    key = hashlib.sha256(absolute(directory).encode()).hexdigest()[:20]
     return os.path.join(tempfile.gettempdir(), "cxr_tf_locks", f"{key}.lock")
 
 
@@ -134,7 +301,11 @@ def exclusive_lock(path, what="cxr_tf"):
     """Holds an exclusive advisory lock (flock) on `path` for the block: processes that write
     into the same place take turns instead of tripping over each other's files. A process that
     has to wait logs which process holds the lock. The lock dies with its process, so a killed
-    writer never blocks the next one."""
+    writer never blocks the next one. `path` is a local file (see lock_path_for for writers
+    into a folder elsewhere)."""
+    if not is_local(path):
+        raise ValueError(f"exclusive_lock needs a lock file on a local disk, not {path}: object "
+                         f"stores have no lock (use lock_path_for(directory))")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -162,6 +333,7 @@ _WAIT_FOR_STAGES = contextvars.ContextVar("cxr_tf_wait_for_stages", default=Fals
 # own stage again (the facade locks before building data, the trainer again inside).
 _HELD = {}
 _HELD_LOCK = threading.Lock()
+_WARNED_UNLOCKED = set()
 
 
 @contextlib.contextmanager
@@ -194,14 +366,23 @@ def stage_lock(directory, stage, wait=None):
     The lock is an advisory flock on DIRECTORY/.cxr_tf_stage.lock, which records the holder's
     process id, command line and start time. It dies with its process (a killed writer never
     blocks the next one). It covers processes on one machine, and on file systems with working
-    flock (local disks, NFSv4) also across machines; object stores have no such lock.
+    flock (local disks, NFSv4) also across machines. Object stores (gs://) have no lock: there
+    the block runs without one after a warning, and one writer per stage is the team's rule.
     Readers (evaluating a model while another stage trains) take no lock.
 
     Raises:
       cxr_tf.errors.StageBusy: naming the stage, the directory and the holding process.
     """
     wait = _WAIT_FOR_STAGES.get() if wait is None else wait
-    os.makedirs(directory, exist_ok=True)
+    makedirs(directory)
+    if not is_local(directory):
+        if directory not in _WARNED_UNLOCKED:
+            _WARNED_UNLOCKED.add(directory)
+            log.warning("The %s stage %s is on an object store, which has no lock: cxr_tf takes "
+                        "none there, so make sure no other process writes this stage", stage,
+                        directory)
+        yield
+        return
     path = os.path.realpath(os.path.join(directory, STAGE_LOCK))
     with _HELD_LOCK:
         if path in _HELD:

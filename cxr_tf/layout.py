@@ -42,6 +42,8 @@ REPORT_MD = "report.md"
 PREDICTIONS_CSV = "predictions.csv"
 SEGMENTER_COVERAGE_JSON = "segmenter_coverage.json"
 SEGMENTER_CONTACT_SHEET = "segmenter_contact_sheet.png"
+LOCALISATION_JSON = "localisation_boxes.json"
+MASK_KEEPS_JSON = "mask_keeps_boxes.json"
 
 
 def data_dir(work_dir):

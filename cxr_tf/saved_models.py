@@ -16,6 +16,7 @@ import os
 
 import tensorflow as tf
 
+from cxr_tf import files
 from cxr_tf import labels as labels_lib
 
 log = logging.getLogger("cxr_tf")
@@ -43,10 +44,10 @@ SAVED_MODEL_FILE = "saved_model.pb"
 def versions(base):
     """The numeric version directories under an export base directory that hold a SavedModel,
     highest first."""
-    if not os.path.isdir(base):
+    if not files.isdir(base):
         return []
-    return sorted((int(d) for d in os.listdir(base)
-                   if d.isdigit() and os.path.exists(os.path.join(base, d, SAVED_MODEL_FILE))),
+    return sorted((int(d) for d in files.listdir(base)
+                   if d.isdigit() and files.exists(os.path.join(base, d, SAVED_MODEL_FILE))),
                   reverse=True)
 
 
@@ -59,7 +60,7 @@ def resolve_version(path):
       FileNotFoundError: when neither is there.
     """
     path = os.fspath(path)
-    if os.path.exists(os.path.join(path, SAVED_MODEL_FILE)):
+    if files.exists(os.path.join(path, SAVED_MODEL_FILE)):
         return path
     found = versions(path)
     if not found:
@@ -92,8 +93,8 @@ def load_exported(path):
     meta = read_metadata(loaded)
     labels_lib.check_label_names(meta["label_names"], what=f"export {path}")
     meta_path = os.path.join(path, METADATA_FILE)
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
+    if files.exists(meta_path):
+        with files.open_file(meta_path) as f:
             side = json.load(f)
         for key, value in meta.items():
             if side.get(key) != value:

@@ -47,18 +47,18 @@ def main(argv):
     if f["shortcut"].present:
         raise app.UsageError("Use --data_variants=clean,shortcut (or one of them) instead of "
                              "--shortcut")
-    unknown = [v for v in f.variants if v not in workflow.variant_names()]
+    unknown = [v for v in f.variants if v not in workflow.ablation.VARIANTS]
     if unknown:
         raise app.UsageError(f"Unknown --variants {unknown}; expected some of "
-                             f"{', '.join(workflow.variant_names())}")
+                             f"{', '.join(workflow.ablation.VARIANTS)}")
     bad = [v for v in f.data_variants if v not in ("clean", "shortcut")]
     if bad or not f.data_variants:
         raise app.UsageError(f"--data_variants must be 'clean' and/or 'shortcut', got "
                              f"{f.data_variants}")
-    if f.segmenter and not os.path.exists(f.segmenter):
+    if f.segmenter and not workflow.files.exists(f.segmenter):
         raise app.UsageError(f"--segmenter {f.segmenter} does not exist")
     config = cxr_flags.experiment_config()
-    if config.data.dataset != workflow.SYNTHETIC and "shortcut" in f.data_variants:
+    if config.data.dataset != workflow.datasets.SYNTHETIC and "shortcut" in f.data_variants:
         raise app.UsageError("The shortcut variant exists for synthetic_cxr only; pass "
                              "--data_variants=clean for a real data set")
     overrides = {}
@@ -70,7 +70,7 @@ def main(argv):
                              "resize_size": f.dcnn_input_size * config.classifier.resize_size
                              // config.classifier.input_size}
 
-    root = workflow.layout.ablation_dir(os.path.abspath(f.work_dir))
+    root = workflow.layout.ablation_dir(workflow.files.absolute(f.work_dir))
     segmenter = f.segmenter
     summaries = {}
     for data_variant in f.data_variants:
@@ -84,10 +84,11 @@ def main(argv):
         segmenter = summary["segmenter"] or segmenter  # shared by the next data variant
         summaries[data_variant] = summary
         print(f"\n=== {data_variant}: {summary['dataset']} ===")
-        print(workflow.ablation_markdown(summary))
+        print(workflow.ablation.ablation_markdown(summary))
     if len(summaries) == 2:
-        comparison = workflow.compare_shortcut(summaries["clean"], summaries["shortcut"], root)
-        print(workflow.shortcut_markdown(comparison))
+        comparison = workflow.ablation.compare_shortcut(summaries["clean"], summaries["shortcut"],
+                                                        root)
+        print(workflow.ablation.shortcut_markdown(comparison))
     print(f"ablation finished in {time.time() - t0:.0f} s")
     print(f"tables {root}")
 

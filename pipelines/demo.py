@@ -33,7 +33,7 @@ def main(argv):
     from cxr_tf import workflow
 
     f = flags.FLAGS
-    work_dir = os.path.abspath(f.work_dir)
+    work_dir = workflow.files.absolute(f.work_dir)
     verbose = 0 if f.quiet else 1
     config = cxr_flags.experiment_config()
     # A one-shot local run: no preemption handler, whose creation probes the Google Cloud
@@ -65,8 +65,8 @@ def main(argv):
                                   warmup="if_available")  # a bare `pip install cxr_tf[cpu]` too
 
     _banner("6/6 one encoded PNG through the exported serving_default signature")
-    image_id, png, truth = workflow.first_test_png(builder)
-    out, meta = workflow.predict_encoded(export_path, [png])
+    image_id, png, truth = workflow.datasets.first_png(builder)
+    out, meta = workflow.predict.predict_encoded(export_path, [png])
     print(f"image {image_id} (true findings: {', '.join(truth) or 'none'})")
     for name, p, d in zip(meta["label_names"], out["probabilities"][0], out["decisions"][0]):
         print(f"  {name:<20} {p:.4f}{'  positive' if d else ''}")

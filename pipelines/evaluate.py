@@ -50,7 +50,7 @@ def _config_for(model):
 
     from cxr_tf import workflow
     if model and model.endswith(".keras"):
-        run_dir = os.path.dirname(os.path.abspath(model))
+        run_dir = os.path.dirname(workflow.files.absolute(model))
         try:
             base, _ = workflow.load_experiment(run_dir)
         except FileNotFoundError:
@@ -73,13 +73,13 @@ def main(argv):
     model = f.model or layout.best_model(layout.classifier_dir(f.work_dir))
     if model == "none":
         model = None
-    elif not os.path.exists(model):
+    elif not workflow.files.exists(model):
         raise app.UsageError(f"--model {model} does not exist (train first, or give a .keras "
                              f"file or an exported SavedModel directory)")
     segmenter = f.segmenter_model
     if segmenter is None:
         default = layout.best_model(layout.segmenter_dir(f.work_dir))
-        segmenter = default if os.path.exists(default) else None
+        segmenter = default if workflow.files.exists(default) else None
     elif segmenter == "none":
         segmenter = None
     elif segmenter == "pretrained":

@@ -21,11 +21,11 @@ def main(argv):
     f = flags.FLAGS
     layout = workflow.layout
     model = f.model or layout.best_model(layout.classifier_dir(f.work_dir))
-    config, _ = workflow.load_experiment(os.path.dirname(os.path.abspath(model)))
+    config, _ = workflow.load_experiment(os.path.dirname(workflow.files.absolute(model)))
     report = f.report
     if report is None:
         default = layout.report_json(layout.eval_dir(f.work_dir))
-        report = default if os.path.exists(default) else None
+        report = default if workflow.files.exists(default) else None
     path = workflow.export(model, f.export_dir or layout.export_dir(f.work_dir),
                            resize_size=config.classifier.resize_size, report_path=report,
                            version=f.version, max_image_pixels=f.max_image_pixels,

@@ -52,7 +52,7 @@ def run(main):
         try:
             if FLAGS.wait_for_lock:
                 from cxr_tf import workflow
-                with workflow.waiting_for_stages():
+                with workflow.files.waiting_for_stages():
                     return main(argv)
             return main(argv)
         except app.UsageError as e:

@@ -50,20 +50,20 @@ def main(argv):
         if f.colormap not in colormaps:
             raise app.UsageError(f"--colormap={f.colormap} is not a matplotlib colour map "
                                  f"(e.g. jet, inferno, viridis)", exitcode=2)
-    if f.output and not os.path.isdir(os.path.dirname(os.path.abspath(f.output))):
+    if f.output and not workflow.files.isdir(os.path.dirname(workflow.files.absolute(f.output))):
         raise app.UsageError(f"--output={f.output}: its folder does not exist", exitcode=2)
     try:
-        predictor = workflow.file_predictor(f.model, warn_coverage=f.warn_coverage)
+        predictor = workflow.predict.FilePredictor(f.model, warn_coverage=f.warn_coverage)
     except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(f"--model: {e}", exitcode=2)
-    paths, skipped = workflow.find_image_files(inputs)
+    paths, skipped = workflow.predict.find_images(inputs)
     for path in skipped:
         print(f"skipped {path}: not a .png, .jpg, .jpeg, .dcm or .dicom file (nor DICOM "
               f"without a suffix)", file=sys.stderr)
     if not paths:
         raise FileNotFoundError(f"no PNG, JPEG or DICOM files found in {', '.join(inputs)}")
     if f.overlay_dir:
-        os.makedirs(f.overlay_dir, exist_ok=True)
+        workflow.files.makedirs(f.overlay_dir)
     meta = predictor.meta
 
     lines, failed, predicted, used_names = [], 0, 0, set()
@@ -77,12 +77,12 @@ def main(argv):
             summary, outputs, image = result
             target = os.path.join(f.overlay_dir, _overlay_name(path, used_names))
             try:
-                png = workflow.render_overlay(
+                png = workflow.overlay.render_overlay(
                     image, outputs["class_activation_maps"], outputs["probabilities"],
                     meta["label_names"], summary["positive_findings"], meta["input_size"],
                     meta["resize_size"], top_k=f.overlay_top_k, colormap=f.colormap,
                     title=os.path.basename(path), mask=outputs.get("grid_mask"))
-                workflow.write_atomic(target, png)
+                workflow.files.write_bytes_atomic(target, png)
                 summary["overlay"] = target
             except (OSError, ValueError) as e:
                 failed += 1
@@ -95,7 +95,7 @@ def main(argv):
         else:
             print(line, flush=True)
     if f.output:
-        workflow.write_atomic(f.output, "".join(x + "\n" for x in lines))
+        workflow.files.write_text_atomic(f.output, "".join(x + "\n" for x in lines))
     print(f"{predicted} predicted, {failed} failed, {len(skipped)} skipped",
           file=sys.stderr)
     # Some inputs unreadable: the data class (docs/errors.md), each file named above.

@@ -9,7 +9,7 @@ Serve TF Serving's REST URLs on localhost for trying curl commands and client co
   curl -d @request.json http://localhost:8501/v1/models/cxr:predict
 
 The request mapping (instances/inputs, b64 objects, predictions/outputs) is TF Serving's; see
-cxr_tf/serving/rest.py and docs/serving.md. The server answers clients concurrently with
+cxr_tf/serving/rest_json.py and docs/serving.md. The server answers clients concurrently with
 timeouts and size limits (--client_timeout, --max_body_bytes, --max_connections,
 --max_predictions); it is a test double, not for production.
 Exit status: 0 when the answer is HTTP 200, 1 otherwise (the error JSON is still printed),
@@ -34,18 +34,17 @@ def main(argv):
     if f.serve:
         if len(argv) > 1:
             raise app.UsageError("--serve takes no request file")
-        server = workflow.rest_server(f.model, f.model_name, host=f.host, port=f.port,
-                                      max_body_bytes=f.max_body_bytes,
-                                      client_timeout=f.client_timeout,
-                                      max_connections=f.max_connections,
-                                      max_predictions=f.max_predictions)
+        server = workflow.rest_server.ModelServer(
+            f.model, f.model_name, host=f.host, port=f.port, max_body_bytes=f.max_body_bytes,
+            client_timeout=f.client_timeout, max_connections=f.max_connections,
+            max_predictions=f.max_predictions)
         host, port = server.server_address[:2]
         print(f"serving {f.model_name} version {server.version} at "
               f"http://{host}:{port}/v1/models/{f.model_name}", flush=True)
         grpc_server = None
         if f.grpc_port is not None:
-            grpc_server, grpc_port = workflow.grpc_server(f.model, f.model_name, host=f.host,
-                                                          port=f.grpc_port)
+            grpc_server, grpc_port = workflow.grpc_service.serve(f.model, f.model_name,
+                                                                   host=f.host, port=f.grpc_port)
             print(f"gRPC PredictionService at {host}:{grpc_port}", flush=True)
         try:
             server.serve_forever()
@@ -68,7 +67,7 @@ def main(argv):
                 body = fh.read()
     except (OSError, UnicodeDecodeError) as e:
         raise app.UsageError(f"cannot read request {source}: {e}")
-    status, response = workflow.answer_rest_request(f.model, body)
+    status, response = workflow.rest_json.answer_request(f.model, body)
     print(json.dumps(response, indent=1))
     if status != 200:
         # A refused request (HTTP 4xx) is the caller's to fix: the usage class (docs/errors.md).

@@ -50,6 +50,29 @@ def test_binaries_import_the_facade_only():
         assert imported <= allowed, (module, imported - allowed)
 
 
+def test_facade_has_no_forwarders():
+    """cxr_tf.workflow orchestrates; a function there whose whole body is one call into another
+    module is a forwarder (binaries call that module through the facade instead)."""
+    import ast
+    import pathlib
+
+    source = pathlib.Path(__file__).resolve().parents[1] / "cxr_tf" / "workflow.py"
+    forwarders = []
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Attribute):
+            forwarders.append(f"{node.lineno} {ast.unparse(node)}")
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        body = [n for n in node.body if not (isinstance(n, ast.Expr)
+                                             and isinstance(n.value, ast.Constant))]
+        if (len(body) == 1 and isinstance(body[0], (ast.Return, ast.Expr))
+                and isinstance(body[0].value, ast.Call)
+                and isinstance(body[0].value.func, ast.Attribute)):
+            forwarders.append(f"{node.lineno} def {node.name}")
+    assert forwarders == [], "one-line forwarders in cxr_tf/workflow.py:\n" + "\n".join(
+        forwarders)
+
+
 def test_work_directory_names_are_spelled_only_in_layout():
     """Every path into a work directory is built from cxr_tf.layout's names, so moving a folder
     is a one-line change there: no other module joins one of those names as a literal."""

@@ -4,7 +4,7 @@ Serving's HTTP status for it, gRPC with the status code of the same name and num
 import pytest
 import tensorflow as tf
 
-from cxr_tf.serving import error_codes, grpc_service, rest
+from cxr_tf.serving import error_codes, grpc_service, rest_json
 
 
 def test_the_table_covers_tensorflows_error_codes_proto():
@@ -24,7 +24,7 @@ ERROR_CLASSES = {cls(None, None, "").error_code: cls for cls in vars(tf.errors).
 def test_rest_and_grpc_answer_each_tensorflow_error_code_alike(name):
     number = error_codes.CODES[name]
     exc = ERROR_CLASSES[number](None, None, f"{name} happened")
-    over_rest = rest.rest_error(exc)
+    over_rest = rest_json.rest_error(exc)
     over_grpc, message = grpc_service.abort_code(exc)
     assert over_rest.code == over_grpc.name == name
     assert over_grpc.value[0] == number == exc.error_code
@@ -41,6 +41,7 @@ def test_tf_servings_http_statuses(name, http):
 
 def test_requests_that_do_not_fit_are_invalid_arguments_on_both():
     exc = ValueError("Cannot convert 'x' to EagerTensor of dtype string")
-    assert rest.rest_error(exc).status == 400 and rest.rest_error(exc).code == "INVALID_ARGUMENT"
+    over_rest = rest_json.rest_error(exc)
+    assert over_rest.status == 400 and over_rest.code == "INVALID_ARGUMENT"
     assert grpc_service.abort_code(exc)[0].name == "INVALID_ARGUMENT"
     assert error_codes.code_of(KeyError("x")) == "UNKNOWN"

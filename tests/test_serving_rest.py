@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 from cxr_tf import environment, labels
-from cxr_tf.serving import rest
+from cxr_tf.serving import rest_json, rest_server
 
 import serving_fixtures as sf
 
@@ -91,7 +91,7 @@ def test_saved_model_cli_shows_the_signatures(export_path):
 ], ids=["named", "bare", "explicit_signature"])
 def test_row_format(loaded, images, request_body):
     body = json.dumps(request_body(images))
-    status, response = rest.predict(loaded, body)
+    status, response = rest_json.predict(loaded, body)
     assert status == 200, response
     expected = direct(loaded, images)
     predictions = response["predictions"]
@@ -111,7 +111,7 @@ def test_row_format(loaded, images, request_body):
     lambda im: {"inputs": [b64(i) for i in im]},
 ], ids=["named", "bare"])
 def test_columnar_format(loaded, images, request_body):
-    status, response = rest.predict(loaded, json.dumps(request_body(images)))
+    status, response = rest_json.predict(loaded, json.dumps(request_body(images)))
     assert status == 200, response
     outputs = response["outputs"]
     assert sorted(outputs) == OUTPUTS
@@ -125,13 +125,13 @@ def test_columnar_format(loaded, images, request_body):
 
 def test_pixels_and_metadata_signatures_over_rest(loaded):
     pixels = (sf.radiograph(40, 30)[None, ..., None] / 255.0).round(4)
-    status, response = rest.predict(loaded, {"signature_name": "predict_pixels",
+    status, response = rest_json.predict(loaded, {"signature_name": "predict_pixels",
                                              "instances": pixels.tolist()})
     assert status == 200, response
     expected = loaded.signatures["predict_pixels"](images=tf.constant(pixels, tf.float32))
     np.testing.assert_allclose(response["predictions"][0]["probabilities"],
                                expected["probabilities"][0], rtol=1e-6)
-    status, response = rest.predict(loaded, {"signature_name": "metadata",
+    status, response = rest_json.predict(loaded, {"signature_name": "metadata",
                                              "inputs": {"ignored": 0}})
     assert status == 200, response
     meta = response["outputs"]
@@ -142,14 +142,15 @@ def test_pixels_and_metadata_signatures_over_rest(loaded):
 
 
 def test_b64_outputs_and_float_text_follow_tf_serving():
-    response = rest.make_response({"thumb_bytes": np.array([b"\x89PNG"], object),
+    response = rest_json.make_response({"thumb_bytes": np.array([b"\x89PNG"], object),
                                    "name": np.array([b"cxr"], object),
-                                   "p": np.array([0.1], np.float32)}, rest.ROW)
+                                   "p": np.array([0.1], np.float32)}, rest_json.ROW)
     assert response == {"predictions": [{"thumb_bytes": {"b64": "iVBORw=="}, "name": "cxr",
                                          "p": 0.1}]}
-    assert rest.make_response({"p": np.array([[0.5, 2.0]], np.float32)}, rest.COLUMNAR) == \
-        {"outputs": [[0.5, 2.0]]}
-    assert rest.make_response({"p": np.array([0.25], np.float32)}, rest.ROW) == \
+    columnar = rest_json.make_response({"p": np.array([[0.5, 2.0]], np.float32)},
+                                       rest_json.COLUMNAR)
+    assert columnar == {"outputs": [[0.5, 2.0]]}
+    assert rest_json.make_response({"p": np.array([0.25], np.float32)}, rest_json.ROW) == \
         {"predictions": [0.25]}
 
 
@@ -186,7 +187,7 @@ def test_b64_outputs_and_float_text_follow_tf_serving():
      "is not of expected type: int32"),
 ])
 def test_bad_requests_get_tf_servings_errors(loaded, body, status, message):
-    got_status, response = rest.predict(loaded, body if isinstance(body, str)
+    got_status, response = rest_json.predict(loaded, body if isinstance(body, str)
                                         else json.dumps(body))
     assert got_status == status, response
     assert set(response) == {"error"}
@@ -195,18 +196,18 @@ def test_bad_requests_get_tf_servings_errors(loaded, body, status, message):
 
 def test_bad_bytes_are_a_400_naming_the_image(loaded, images):
     body = {"instances": [b64(images[0]), b64(b"GIF89a..."), b64(images[1])]}
-    status, response = rest.predict(loaded, json.dumps(body))
+    status, response = rest_json.predict(loaded, json.dumps(body))
     assert status == 400
     assert response["error"].startswith(
         "assertion failed: [image_bytes[1] is not a PNG or JPEG image: 9 bytes")
     assert "Graph execution error" not in response["error"]
     # Base64 text sent as the bytes themselves: encoded twice.
     twice = {"instances": [{"b64": base64.b64encode(b64(images[0])["b64"].encode()).decode()}]}
-    status, response = rest.predict(loaded, json.dumps(twice))
+    status, response = rest_json.predict(loaded, json.dumps(twice))
     assert status == 400 and "base64 encoded twice" in response["error"]
     # Right magic number, broken content: the decoder's message, still a 400.
     truncated = {"instances": [b64(images[0][:60])]}
-    status, response = rest.predict(loaded, json.dumps(truncated))
+    status, response = rest_json.predict(loaded, json.dumps(truncated))
     assert status == 400 and "PNG" in response["error"]
 
 
@@ -278,8 +279,9 @@ def test_http_server_in_a_fresh_process(loaded, export_path, images):
 def server(export_path):
     """A ModelServer on a free local port with short limits, serving in a background thread."""
     import threading
-    srv = rest.ModelServer(os.path.dirname(export_path), "cxr", port=0, max_body_bytes=200_000,
-                           client_timeout=2.0, max_connections=12, max_predictions=2)
+    srv = rest_server.ModelServer(os.path.dirname(export_path), "cxr", port=0,
+                                  max_body_bytes=200_000, client_timeout=2.0,
+                                  max_connections=12, max_predictions=2)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
@@ -394,7 +396,7 @@ def test_bounded_load_with_malformed_requests(server, images):
 def test_connections_beyond_the_limit_get_503_at_once(export_path, images):
     import socket
     import threading
-    srv = rest.ModelServer(os.path.dirname(export_path), "cxr", port=0, client_timeout=5.0,
+    srv = rest_server.ModelServer(os.path.dirname(export_path), "cxr", port=0, client_timeout=5.0,
                            max_connections=2)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     held = [socket.create_connection(srv.server_address[:2]) for _ in range(2)]

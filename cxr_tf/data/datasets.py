@@ -9,16 +9,16 @@ shard, found by re-reading the shards of the splits the block read.
 """
 
 import contextlib
-import json
 import logging
 import os
-import shutil
 import threading
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cxr_tf import errors, files
+from cxr_tf import labels as labels_lib
+from cxr_tf.data import features as fk
 
 # Importing a builder module registers it with TFDS.
 from cxr_tf.data.builders import chestxray14, jsrt_scr, montgomery, shenzhen, synthetic_cxr
@@ -85,11 +85,11 @@ def prepare(builder, manual_dir=None):
         # builds left (TFDS writes into incomplete.* folders and renames them when done).
         config_dir = os.path.dirname(builder.data_dir)
         with files.exclusive_lock(files.lock_path_for(config_dir), "cxr-build-dataset"):
-            for name in sorted(os.listdir(config_dir) if os.path.isdir(config_dir) else []):
+            for name in sorted(files.listdir(config_dir) if files.isdir(config_dir) else []):
                 if name.startswith("incomplete."):
                     log.warning("Removing %s, left by an interrupted build",
                                 os.path.join(config_dir, name))
-                    shutil.rmtree(os.path.join(config_dir, name), ignore_errors=True)
+                    files.remove(os.path.join(config_dir, name))
             if not builder.is_prepared():
                 log.info("Building %s into %s", builder.info.full_name, builder.data_dir)
             builder.download_and_prepare(download_config=config)
@@ -140,7 +140,7 @@ def _rebuild_hint(builder):
 def write_shard_manifest(builder):
     """Records the byte size and example count of every shard of a prepared builder in
     SHARDS_MANIFEST (written whole or not at all); verify_split compares against it."""
-    manifest = {split: [{"file": os.path.basename(p), "bytes": os.path.getsize(p),
+    manifest = {split: [{"file": os.path.basename(p), "bytes": files.getsize(p),
                          "examples": n} for p, n in _shards(builder, split)]
                 for split in builder.info.splits}
     files.write_json_atomic(os.path.join(builder.data_dir, SHARDS_MANIFEST), manifest)
@@ -149,13 +149,21 @@ def write_shard_manifest(builder):
 
 def _read_manifest(builder):
     path = os.path.join(builder.data_dir, SHARDS_MANIFEST)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
+        return files.read_json(path)
     except (OSError, ValueError) as e:
         raise errors.DamagedData(f"{path} cannot be read ({e}): {_rebuild_hint(builder)}") from e
+
+
+def first_png(builder, split="test"):
+    """(image id, PNG bytes, names of its true findings) of the first image of `split`, as
+    stored: a file a client would send to an export (the demo's prediction)."""
+    example = next(iter(load_split(builder, split).take(1)))
+    truth = [n for n, t in zip(labels_lib.FINDINGS, example[fk.LABELS].numpy()) if t]
+    return (example[fk.IMAGE_ID].numpy().decode(), tf.io.encode_png(example[fk.IMAGE]).numpy(),
+            truth)
 
 
 def verify_split(builder, split):
@@ -171,7 +179,7 @@ def verify_split(builder, split):
     """
     name = builder.info.full_name
     shards = _shards(builder, split)
-    missing = [p for p, _ in shards if not os.path.exists(p)]
+    missing = [p for p, _ in shards if not files.exists(p)]
     if missing:
         raise errors.DamagedData(
             f"{name} split {split!r}: shard file {missing[0]} is missing"
@@ -182,7 +190,7 @@ def verify_split(builder, split):
         written = {s["file"]: s for s in manifest[split]}
         for path, _ in shards:
             want = written.get(os.path.basename(path))
-            size = os.path.getsize(path)
+            size = files.getsize(path)
             if want is not None and size != want["bytes"]:
                 raise errors.DamagedData(
                     f"{name} split {split!r}: shard file {path} is {size:,} bytes, the build "
@@ -191,7 +199,7 @@ def verify_split(builder, split):
         return
     info = builder.info.splits[split]
     expected = int(info.num_bytes) + TFRECORD_FRAMING * int(info.num_examples)
-    found = sum(os.path.getsize(p) for p, _ in shards)
+    found = sum(files.getsize(p) for p, _ in shards)
     if int(info.num_bytes) and found != expected:
         damage = _scan_shards(builder, split)
         where = f"shard file {damage[0][0]} {damage[0][1]}" if damage else (
@@ -208,7 +216,7 @@ def _scan_shards(builder, split):
     records than the build wrote, or fail TFRecord's checksums (reads every record)."""
     damaged = []
     for path, n in _shards(builder, split):
-        if not os.path.exists(path):
+        if not files.exists(path):
             damaged.append((path, "is missing"))
             continue
         count = 0
@@ -232,7 +240,7 @@ def locate_damage(read=None):
     found, seen = [], set()
     for builder, split in read:
         key = (builder.data_dir, split)
-        if key in seen or not os.path.isdir(builder.data_dir):
+        if key in seen or not files.isdir(builder.data_dir):
             continue
         seen.add(key)
         for path, what in _scan_shards(builder, split):

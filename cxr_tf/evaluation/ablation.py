@@ -23,7 +23,6 @@ random in test, so the fall from validation to test AUROC measures reliance on t
 """
 
 import copy
-import json
 import logging
 import math
 import os
@@ -69,10 +68,9 @@ def variant_config(config, variant, overrides=None):
 
 def _history_summary(run_dir):
     path = os.path.join(run_dir, layout.HISTORY)
-    if not os.path.exists(path):
+    if not files.exists(path):
         return {"epochs": None, "train_seconds": None}
-    with open(path) as f:
-        history = [h for h in json.load(f) if not h.get("diverged")]
+    history = [h for h in files.read_json(path) if not h.get("diverged")]
     return {"epochs": len(history),
             "train_seconds": float(sum(h.get("train_seconds", 0.0) for h in history))}
 
@@ -245,7 +243,7 @@ def compare_shortcut(clean, shortcut, out_dir, n_resamples=1000):
     comparison = {"clean_dataset": clean["dataset"], "shortcut_dataset": shortcut["dataset"],
                   "rows": rows, "weighting_effect_clean": clean["weighting_effect"],
                   "weighting_effect_shortcut": shortcut["weighting_effect"]}
-    os.makedirs(out_dir, exist_ok=True)
+    files.makedirs(out_dir)
     files.write_json_atomic(os.path.join(out_dir, COMPARISON_JSON), comparison)
     files.write_text_atomic(os.path.join(out_dir, COMPARISON_MD), shortcut_markdown(comparison))
     return comparison

@@ -1,12 +1,14 @@
 """Running a model over a dataset and collecting its outputs as numpy arrays."""
 
+from __future__ import annotations
+
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from cxr_tf import files, saved_models
 from cxr_tf import labels as labels_lib
-from cxr_tf import saved_models
 from cxr_tf.data import preprocessing
 from cxr_tf.models import classifier as classifier_lib
 
@@ -253,7 +255,8 @@ class SavedModelPredictor(Predictor):
         return {k: out[k].numpy() for k in keep if k in out}
 
 
-def load_predictor(path, resize_size=None, signature="predict_pixels"):
+def load_predictor(path: str | os.PathLike, resize_size: int | None = None,
+                   signature: str = "predict_pixels") -> KerasPredictor | SavedModelPredictor:
     """Loads a classifier for evaluation from a .keras file or an exported SavedModel.
 
     Args:
@@ -269,10 +272,10 @@ def load_predictor(path, resize_size=None, signature="predict_pixels"):
       ValueError: when it holds something other than a cxr_tf classifier.
     """
     path = str(path)
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise FileNotFoundError(f"Model not found: {path} (expected a .keras classifier or an "
                                 f"exported SavedModel directory)")
-    if os.path.isdir(path):
+    if files.isdir(path):
         return SavedModelPredictor(saved_models.resolve_version(path), signature=signature)
     if not path.endswith(".keras"):
         raise ValueError(f"{path} is neither a .keras file nor a SavedModel directory")

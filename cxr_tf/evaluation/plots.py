@@ -5,6 +5,8 @@ no global backend switch), so this module is safe in servers, tests and notebook
 """
 
 
+import io
+
 import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -24,8 +26,9 @@ def _new_figure(width, height):
 
 
 def _save(fig, path):
-    with files.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
+    buf = io.BytesIO()  # rendered in memory: matplotlib writes local files only
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    files.write_bytes_atomic(path, buf.getvalue())
     return path
 
 

@@ -258,8 +258,7 @@ def write_predictions_csv(predictions, path):
 def read_predictions_csv(path):
     """Inverse of write_predictions_csv: dict with "ids", "probabilities" (N, 14), "labels"."""
     names = labels_lib.FINDINGS
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    rows = list(csv.reader(io.StringIO(files.read_text(path), newline="")))
     if not rows or rows[0][:1] != ["image_id"]:
         raise ValueError(f"{path} is not a cxr_tf predictions.csv")
     expected = ["image_id"] + [f"p_{n}" for n in names] + [f"y_{n}" for n in names]
@@ -486,7 +485,7 @@ def markdown(report):
 
 def write_report(report, out_dir):
     """Writes report.json and report.md into out_dir; returns the JSON path."""
-    os.makedirs(out_dir, exist_ok=True)
+    files.makedirs(out_dir)
     report.setdefault("meta", {}).setdefault(
         "created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     json_path = os.path.join(out_dir, layout.REPORT_JSON)

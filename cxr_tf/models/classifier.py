@@ -6,7 +6,7 @@ import zipfile
 import keras
 from keras import ops
 
-from cxr_tf import configs, errors
+from cxr_tf import configs, errors, files
 from cxr_tf import labels as labels_lib
 from cxr_tf.models import backbones
 from cxr_tf.models.layers import (
@@ -67,11 +67,13 @@ class CXRClassifier(keras.Model):
       label_names: the classes, in output order; defaults to labels.FINDINGS.
     """
 
-    def __init__(self, backbone="densenet121", input_size=224, attention=True,
-                 feature_weighting=True, segmenter=None, mask_threshold=0.5,
-                 min_mask_coverage=0.05, mask_dilation=0, feature_activation=None,
-                 backbone_weights=None,
-                 dropout=0.0, label_names=labels_lib.FINDINGS, name="cxr_classifier", **kwargs):
+    def __init__(self, backbone: str = "densenet121", input_size: int = 224,
+                 attention: bool = True, feature_weighting: bool = True,
+                 segmenter: UNetSegmenter | None = None, mask_threshold: float = 0.5,
+                 min_mask_coverage: float = 0.05, mask_dilation: int = 0,
+                 feature_activation: str | None = None, backbone_weights: str | None = None,
+                 dropout: float = 0.0, label_names: tuple[str, ...] = labels_lib.FINDINGS,
+                 name: str = "cxr_classifier", **kwargs):
         input_size = int(input_size)
         label_names = tuple(label_names)
         if backbone not in backbones.BACKBONES:
@@ -173,8 +175,9 @@ class CXRClassifier(keras.Model):
         return config
 
 
-def build_classifier(variant="cxr_irnet", *, backbone=None, input_size=224, segmenter=None,
-                     **kwargs):
+def build_classifier(variant: str = "cxr_irnet", *, backbone: str | None = None,
+                     input_size: int = 224, segmenter: UNetSegmenter | None = None,
+                     **kwargs) -> CXRClassifier:
     """Builds a named variant: cxr_irnet, no_weighting, no_attention, chexnet or dcnn.
 
     Args:
@@ -190,7 +193,7 @@ def build_classifier(variant="cxr_irnet", *, backbone=None, input_size=224, segm
                          segmenter=segmenter, name=variant, **kwargs)
 
 
-def load_model(path):
+def load_model(path: str | os.PathLike) -> CXRClassifier | UNetSegmenter:
     """Loads a .keras classifier or segmenter saved by cxr_tf and checks its label contract.
 
     Raises:
@@ -200,15 +203,17 @@ def load_model(path):
         classifier or segmenter.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if not files.exists(path):
         raise FileNotFoundError(f"{path}: no such file (expected a .keras model saved by cxr_tf)")
     not_a_model = errors.NotAModelFile
-    if os.path.isdir(path):
+    if files.isdir(path):
         raise not_a_model(f"{path} is a directory, not a .keras model file (an exported "
                           f"SavedModel? give the .keras file written by training)")
-    size = os.path.getsize(path)
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as f:
+    size = files.getsize(path)
+    with files.open_file(path, "rb") as f:
+        is_zip = zipfile.is_zipfile(f)
+    if not is_zip:
+        with files.open_file(path, "rb") as f:
             head = f.read(16)
         what = "an empty file" if not size else f"{size:,} bytes starting with {head!r}"
         raise not_a_model(f"{path} is not a Keras model file (a .keras file is a zip archive; "

@@ -31,8 +31,9 @@ class UNetSegmenter(keras.Model):
       structures: names of the output channels (carried in the config and checked by callers).
     """
 
-    def __init__(self, input_size=256, base_filters=16, depth=4, structures=labels_lib.STRUCTURES,
-                 name="segmenter", **kwargs):
+    def __init__(self, input_size: int = 256, base_filters: int = 16, depth: int = 4,
+                 structures: tuple[str, ...] = labels_lib.STRUCTURES, name: str = "segmenter",
+                 **kwargs):
         input_size, base_filters, depth = int(input_size), int(base_filters), int(depth)
         if depth < 1 or base_filters < 1:
             raise ValueError(f"UNetSegmenter needs depth >= 1 and base_filters >= 1, got "

@@ -1,5 +1,5 @@
 """TensorFlow's error codes and what each becomes over TF Serving's REST and gRPC APIs, in one
-table for cxr_tf's two front ends (serving.rest, serving.grpc_service).
+table for cxr_tf's two front ends (serving.rest_json, serving.grpc_service).
 
 The codes are TensorFlow's own (`tensorflow/core/protobuf/error_codes.proto`, the enum every
 `tf.errors.OpError` carries as `error_code`). gRPC's status codes are the same enum, name for
@@ -45,3 +45,19 @@ def grpc_status(name):
     """The grpc.StatusCode TF Serving's gRPC API answers error code `name` with."""
     import grpc
     return grpc.StatusCode[name]
+
+
+def op_error_message(exc):
+    """A TensorFlow OpError's message without the Python-side "Graph execution error" preamble
+    and stack trace (TF Serving's messages start at the op's own text)."""
+    lines = exc.message.splitlines()
+    if lines and lines[0].startswith("Graph execution error"):
+        keep = 0
+        for i, line in enumerate(lines):
+            if (line.startswith(("Detected at node", "  File ", "<stack traces unavailable>"))
+                    or not line.strip()):
+                keep = i + 1
+            elif keep:
+                break
+        lines = lines[keep:] or lines
+    return "\n".join(lines).strip()

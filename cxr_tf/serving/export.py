@@ -39,9 +39,12 @@ for truncated or corrupt files, `images must be grey pixels in [0, 1] ...` for o
 pixels. See docs/serving.md for the TF Serving command line and REST examples.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import os
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -160,15 +163,17 @@ def check_image_size(image_bytes, max_pixels, name=IMAGE_BYTES):
 
 def next_version(export_dir):
     """1 + the largest numeric version directory under export_dir (1 when there is none)."""
-    if not os.path.isdir(export_dir):
+    if not files.isdir(export_dir):
         return 1
-    versions = [int(d) for d in os.listdir(export_dir) if d.isdigit()]
+    versions = [int(d) for d in files.listdir(export_dir) if d.isdigit()]
     return max(versions, default=0) + 1
 
 
-def export_classifier(model, export_dir, resize_size=None, thresholds=None, version=None,
-                      max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, model_name="cxr",
-                      warmup=True, report=None, segmenter_info=None):
+def export_classifier(model: classifier_lib.CXRClassifier, export_dir: str | os.PathLike,
+                      resize_size: int | None = None, thresholds: Sequence[float] | None = None,
+                      version: int | None = None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                      model_name: str = "cxr", warmup: bool = True, report: dict | None = None,
+                      segmenter_info: dict | None = None) -> str:
     """Writes `model` to `export_dir/<version>/` and returns that path.
 
     Args:
@@ -210,7 +215,7 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
     version = int(version) if version is not None else next_version(export_dir)
     if version < 1:
         raise ValueError(f"version must be a positive integer, got {version}")
-    if version_given is not None and os.path.exists(os.path.join(export_dir, str(version))):
+    if version_given is not None and files.exists(os.path.join(export_dir, str(version))):
         raise FileExistsError(f"Export version directory already exists: "
                               f"{os.path.join(export_dir, str(version))}; choose another version "
                               f"or remove it")
@@ -295,8 +300,11 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
             }
         return metadata
 
-    os.makedirs(export_dir, exist_ok=True)
-    with files.exclusive_lock(os.path.join(export_dir, EXPORT_LOCK), "cxr-export"):
+    files.makedirs(export_dir)
+    # On an object store the lock file lives on this machine (files.lock_path_for).
+    lock = (os.path.join(export_dir, EXPORT_LOCK) if files.is_local(export_dir)
+            else files.lock_path_for(export_dir))
+    with files.exclusive_lock(lock, "cxr-export"):
         stale = files.remove_stale_temporaries(export_dir)
         if stale:
             log.info("Removed %s left in %s by an interrupted export", ", ".join(stale),
@@ -304,7 +312,7 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
         if version_given is None:
             version = next_version(export_dir)  # again: another export may have just finished
         final = os.path.join(export_dir, str(version))
-        if os.path.exists(final):
+        if files.exists(final):
             raise FileExistsError(f"Export version directory already exists: {final}; choose "
                                   f"another version or remove it")
         meta["version"] = version
@@ -312,17 +320,19 @@ def export_classifier(model, export_dir, resize_size=None, thresholds=None, vers
         with files.atomic_path(final) as tmp:
             archive = _archive(model, serve_bytes, serve_pixels, metadata_fn(meta_json, version))
             archive.write_out(tmp, verbose=False)
-            os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-            with open(os.path.join(tmp, METADATA_FILE), "w") as f:
-                json.dump(meta, f, indent=2)
-            with open(os.path.join(tmp, "assets.extra", model_card.CARD_FILE), "w") as f:
+            files.makedirs(os.path.join(tmp, "assets.extra"))
+            with files.open_file(os.path.join(tmp, METADATA_FILE), "w") as f:
+                f.write(json.dumps(meta, indent=2))
+            with files.open_file(os.path.join(tmp, "assets.extra", model_card.CARD_FILE),
+                                 "w") as f:
                 f.write(model_card.model_card(meta, report, segmenter_info))
             if warmup:
                 try:
                     tf_serving.write_warmup(tmp, model_name)
                 except ImportError as e:
                     log.warning("No warm-up requests written: %s", e)
-            files.make_readable(tmp)
+            if files.is_local(tmp):  # object stores have no file modes
+                files.make_readable(tmp)
     return final
 
 

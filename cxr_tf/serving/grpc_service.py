@@ -17,6 +17,8 @@ INVALID_ARGUMENT (the SavedModel's own message, e.g. an image over max_image_pix
 REST stand-in, it is a test double, not a production server.
 """
 
+from __future__ import annotations
+
 import concurrent.futures
 import logging
 import os
@@ -25,7 +27,7 @@ import grpc
 import tensorflow as tf
 
 from cxr_tf import saved_models
-from cxr_tf.serving import error_codes, rest, tf_serving
+from cxr_tf.serving import error_codes, tf_serving
 
 log = logging.getLogger("cxr_tf")
 
@@ -34,7 +36,7 @@ log = logging.getLogger("cxr_tf")
 def abort_code(exc):
     """(grpc.StatusCode, message) for an error met while predicting: the same code the REST
     front end answers with (error_codes)."""
-    message = rest.op_error_message(exc) if hasattr(exc, "error_code") else str(exc)
+    message = error_codes.op_error_message(exc) if hasattr(exc, "error_code") else str(exc)
     return error_codes.grpc_status(error_codes.code_of(exc)), message
 
 
@@ -115,7 +117,8 @@ def _signature_def(fn):
     return sig
 
 
-def serve(export_path, model_name="cxr", host="127.0.0.1", port=8500, max_workers=4):
+def serve(export_path: str | os.PathLike, model_name: str = "cxr", host: str = "127.0.0.1",
+          port: int = 8500, max_workers: int = 4) -> tuple[grpc.Server, int]:
     """Starts a gRPC PredictionService on an export (its highest version); returns (server,
     bound port). Stop it with server.stop(grace)."""
     path = saved_models.resolve_version(export_path)

@@ -10,8 +10,11 @@ Files are predicted in batches; a batch that fails is retried file by file, so o
 never takes others down with it.
 """
 
+from __future__ import annotations
+
 import os
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -19,8 +22,8 @@ import tensorflow as tf
 from cxr_tf import saved_models
 from cxr_tf.data import preprocessing
 from cxr_tf.models import classifier as classifier_lib
+from cxr_tf.serving import error_codes
 from cxr_tf.serving import export as export_lib
-from cxr_tf.serving import rest
 
 ENCODED_SUFFIXES = (".png", ".jpg", ".jpeg")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -51,7 +54,7 @@ def file_format(path):
     return found
 
 
-def find_images(inputs):
+def find_images(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
     """Expands files and folders (recursively) into the image files to predict.
 
     Returns (paths, skipped): files named explicitly are always returned (so that a wrong file
@@ -166,6 +169,17 @@ def read_dicom(path, max_pixels=None):
     return data[..., None].astype(np.float32)
 
 
+def predict_encoded(export_path: str | os.PathLike,
+                    encoded_images: Sequence[bytes]) -> tuple[dict[str, np.ndarray], dict]:
+    """Runs encoded PNG/JPEG images (a list of bytes) through an export's serving_default
+    signature, as a TF Serving client would; `export_path` is a version directory or the
+    export base (latest version). Returns (outputs as numpy arrays, the export's metadata)."""
+    loaded, meta = export_lib.load_exported(saved_models.resolve_version(export_path))
+    out = loaded.signatures[export_lib.SERVING_DEFAULT](
+        **{export_lib.IMAGE_BYTES: tf.constant(list(encoded_images))})
+    return {k: v.numpy() for k, v in out.items()}, meta
+
+
 class FilePredictor:
     """Runs an exported cxr_tf SavedModel on files (PNG, JPEG, DICOM).
 
@@ -176,7 +190,7 @@ class FilePredictor:
         features were not weighted at all).
     """
 
-    def __init__(self, export_path, warn_coverage=None):
+    def __init__(self, export_path: str | os.PathLike, warn_coverage: float | None = None):
         self.path = saved_models.resolve_version(export_path)
         self.loaded, self.meta = export_lib.load_exported(self.path)
         self._bytes_fn = self.loaded.signatures[export_lib.SERVING_DEFAULT]
@@ -317,7 +331,7 @@ class FilePredictor:
 
 
 def _op_message(error):
-    return rest.op_error_message(error).splitlines()[0]
+    return error_codes.op_error_message(error).splitlines()[0]
 
 
 def decode_for_display(data):

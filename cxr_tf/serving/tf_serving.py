@@ -109,7 +109,7 @@ def warmup_records(model_name="cxr", images=None):
 def write_warmup(version_dir, model_name="cxr", images=None):
     """Writes <version>/assets.extra/tf_serving_warmup_requests; returns its path."""
     path = os.path.join(version_dir, WARMUP_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    files.makedirs(os.path.dirname(path))
     with files.atomic_path(path) as tmp:
         with tf.io.TFRecordWriter(tmp) as writer:
             for record in warmup_records(model_name, images):
@@ -171,7 +171,7 @@ def write_server_config(export_dir, model_name="cxr", base_path=None, **batching
         container usually /models/<name>).
       **batching: BatchingParameters fields overriding BATCHING_DEFAULTS.
     """
-    base_path = base_path or os.path.abspath(export_dir)
+    base_path = base_path or files.absolute(export_dir)
     config_path = os.path.join(export_dir, MODELS_CONFIG)
     batching_path = os.path.join(export_dir, BATCHING_PARAMETERS)
     files.write_text_atomic(config_path, models_config(model_name, base_path))

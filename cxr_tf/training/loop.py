@@ -27,7 +27,6 @@ and exit, and the restarted job resumes from there.
 """
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -160,7 +159,7 @@ class Trainer:
             if not supported:
                 log.warning("jit_compile ignored: %s; training without XLA", reason)
                 self.jit_compile = False
-        os.makedirs(self.work_dir, exist_ok=True)
+        files.makedirs(self.work_dir)
         with strategy.scope():
             optimizer.build(model.trainable_variables)
             v = lambda value, dtype, name: tf.Variable(  # noqa: E731
@@ -414,9 +413,8 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
 
     def _load_history(self):
-        if os.path.exists(self.history_path):
-            with open(self.history_path) as f:
-                return json.load(f)
+        if files.exists(self.history_path):
+            return files.read_json(self.history_path)
         return []
 
     def _learning_rate(self):

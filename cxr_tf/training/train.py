@@ -13,7 +13,6 @@ same global batches.
 import contextlib
 import functools
 import inspect
-import json
 import logging
 import os
 
@@ -161,9 +160,8 @@ def label_frequencies(builder, split="train", work_dir=None, write=True):
     cache = os.path.join(work_dir, LABEL_COUNTS) if work_dir else None
     key = {"dataset": builder.info.full_name, "split": split,
            "num_examples": int(builder.info.splits[split].num_examples)}
-    if cache and os.path.exists(cache):
-        with open(cache) as f:
-            stored = json.load(f)
+    if cache and files.exists(cache):
+        stored = files.read_json(cache)
         if all(stored.get(k) == v for k, v in key.items()):
             return stored["num_examples"], np.asarray(stored["positives"], np.int64)
     ds = builder.as_dataset(split=split, shuffle_files=False,
@@ -228,7 +226,7 @@ def _compared(run, by_content=True):
     if by_content and run.get("segmenter_sha256"):
         flat["segmenter"] = f"sha256:{run['segmenter_sha256']}"
     elif flat.get("segmenter"):  # the same file, whether named relative or absolute
-        flat["segmenter"] = os.path.abspath(flat["segmenter"])
+        flat["segmenter"] = files.absolute(flat["segmenter"])
     return flat
 
 
@@ -238,15 +236,18 @@ def _checkpointed_epoch(trainer):
     latest = trainer.manager.latest_checkpoint
     if not latest:
         return None
-    return int(tf.train.load_checkpoint(latest).get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    # The reader itself, not tf.train.load_checkpoint: that one asks whether the prefix is a
+    # folder first, which filesystems without real folders (ram://) answer yes for "ckpt-6"
+    # beside "ckpt-6.index".
+    reader = tf.compat.v1.train.NewCheckpointReader(latest)
+    return int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
 def _diverged_last(trainer):
     """True when the run's history ends with a divergence (loop.Trainer writes that record)."""
-    if not os.path.exists(trainer.history_path):
+    if not files.exists(trainer.history_path):
         return False
-    with open(trainer.history_path) as f:
-        history = json.load(f)
+    history = files.read_json(trainer.history_path)
     return bool(history) and bool(history[-1].get("diverged"))
 
 
@@ -266,9 +267,8 @@ def _record_experiment(work_dir, trainer, config, **run):
                if key in run}
     section = run["role"]
     done = _checkpointed_epoch(trainer)
-    if done is not None and os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
+    if done is not None and files.exists(path):
+        stored = files.read_json(path)
         by_content = bool(stored.get("segmenter_sha256"))
         before, now = _compared(stored, by_content), _compared(run, by_content)
         changed = sorted(k for k in set(before) | set(now)
@@ -430,7 +430,7 @@ def _weights_source(backbone_weights):
     """How experiment.json names the backbone's start: null (random), "imagenet", or a path."""
     if backbone_weights in (None, backbones.IMAGENET):
         return backbone_weights
-    return os.path.abspath(backbone_weights)
+    return files.absolute(backbone_weights)
 
 
 def _run_info(strategy, policy, trainer):
@@ -464,7 +464,7 @@ def train_segmenter(config, builder, work_dir, strategy=None, verbose=1):
         raise ValueError(f"Data set(s) {missing} given but segmenter.datasets = "
                          f"{seg.datasets!r} does not list them")
     repeats = {n: repeats.get(n, 1) for n in builders}
-    os.makedirs(work_dir, exist_ok=True)
+    files.makedirs(work_dir)
     _seed_everything(config.seed)
     parse = functools.partial(pipeline.parse_partial_segmentation, size=seg.input_size)
     aug = pipeline.Augmentation(**seg.augmentation_fields())
@@ -554,7 +554,7 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
     if needs_segmenter and not segmenter_path:
         raise ValueError(f"Variant {clf.variant!r} weights features by the lung-and-heart mask and "
                          f"needs a trained segmenter; pass its .keras path")
-    os.makedirs(work_dir, exist_ok=True)
+    files.makedirs(work_dir)
     _seed_everything(config.seed)
     parse = functools.partial(pipeline.parse_classification, size=clf.input_size,
                               resize_size=clf.resize_size)
@@ -580,7 +580,7 @@ def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=No
                  sum(int(np.prod(v.shape)) for v in model.trainable_variables), clf.input_size,
                  clf.epochs, clf.batch_size)
         _record_experiment(work_dir, trainer, config, role="classifier",
-                           segmenter=segmenter_path and os.path.abspath(segmenter_path),
+                           segmenter=segmenter_path and files.absolute(segmenter_path),
                            segmenter_sha256=segmenter_path and files.file_digest(segmenter_path),
                            backbone_weights=_weights_source(backbone_weights),
                            positive_class_weights=pos_weights,
