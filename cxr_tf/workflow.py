@@ -262,11 +262,11 @@ def train_segmenter(config: configs_lib.ExperimentConfig, work_dir: PathLike,
       builders: already built data sets ({name: builder}, or one builder) instead.
       verbose: 1 progress bars, 0 per-epoch log lines only.
     """
-    configs_lib.check_training_options(config.segmenter, "segmenter")  # before building data
     configs_lib.segmenter_sources(config.segmenter, config.data.dataset)
     distribution = strategies.make_strategy(strategy)
     run_dir = layout.segmenter_dir(work_dir)
-    with train.writing_stage(run_dir, distribution):  # refused before any data is built
+    # Options checked and the stage locked before any data is built.
+    with train.writing_stage(run_dir, distribution, options=config.segmenter, what="segmenter"):
         if builders is None:
             builders = build_segmentation_data(config, data_dir or layout.data_dir(work_dir),
                                                manual_dir)
@@ -291,10 +291,11 @@ def train_classifier(config: configs_lib.ExperimentConfig, work_dir: PathLike,
         where the network is reachable) or a local weights file.
       builder: an already built data set instead.
     """
-    configs_lib.check_training_options(config.classifier, "classifier")
     distribution = strategies.make_strategy(strategy)
     run_dir = layout.classifier_dir(work_dir, config.classifier.variant)
-    with train.writing_stage(run_dir, distribution):  # refused before any data is built
+    # Options checked and the stage locked before any data is built.
+    with train.writing_stage(run_dir, distribution, options=config.classifier,
+                             what="classifier"):
         if builder is None:
             builder = build_data(config, data_dir or layout.data_dir(work_dir), manual_dir)
         segmenter_path = None

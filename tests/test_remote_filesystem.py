@@ -52,7 +52,7 @@ def test_train_resume_evaluate_export_on_ram_filesystem(ram_like_gcs, tiny_confi
 
     import tensorflow as tf
 
-    from cxr_tf import layout, workflow
+    from cxr_tf import configs, layout, workflow
 
     monkeypatch.chdir(tmp_path)  # os.makedirs("ram://x") would make ./ram:/x here
     work = f"ram://cxr-{uuid.uuid4().hex[:8]}/run"
@@ -64,7 +64,13 @@ def test_train_resume_evaluate_export_on_ram_filesystem(ram_like_gcs, tiny_confi
         tiny_config, classifier=dataclasses.replace(tiny_config.classifier, epochs=1))
     builder = workflow.build_data(tiny_config, layout.data_dir(work))
     assert str(builder.data_dir).startswith("ram://")
+    # The facade checks the options before any work, and the trainer it calls does not again.
+    checks = []
+    check = configs.check_training_options
+    monkeypatch.setattr(configs, "check_training_options",
+                        lambda *a, **k: checks.append(a[1:]) or check(*a, **k))
     best = workflow.train_classifier(one_epoch, work, segmenter=seg, builder=builder, verbose=0)
+    assert checks == [("classifier",)]
     run_dir = layout.classifier_dir(work)
     assert best == layout.best_model(run_dir) and tf.io.gfile.exists(best)
     with tf.io.gfile.GFile(os.path.join(run_dir, layout.HISTORY)) as f:

@@ -11,6 +11,7 @@ same global batches.
 """
 
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -318,8 +319,8 @@ def _dtype_policy(name):
 
 
 def _setup(options, strategy, what):
-    """Validates options, applies determinism; returns the dtype policy name to train under."""
-    configs_lib.check_training_options(options, what)
+    """Checks the batch against the replicas, applies determinism; returns the dtype policy
+    name to train under (the options themselves were checked by writing_stage)."""
     if options.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(f"{what}.batch_size = {options.batch_size} is the GLOBAL batch and must "
                          f"be a multiple of the {strategy.num_replicas_in_sync} replicas of "
@@ -399,28 +400,51 @@ def _trainer(model, loss_fn, optimizer, strategy, work_dir, metric, options, pol
                         profile_steps=configs_lib.parse_profile_steps(options.profile_steps))
 
 
+# Stage directories whose training options an enclosing writing_stage has checked already.
+_CHECKED = contextvars.ContextVar("cxr_tf_checked_stages", default=frozenset())
+
+
 @contextlib.contextmanager
-def writing_stage(directory, strategy=None, stage=None):
+def writing_stage(directory, strategy=None, stage=None, options=None, what="training"):
     """The block writes the stage `directory`: it holds the stage's lock (files.stage_lock, the
     stage named `stage` or like the directory; a second writer is refused at once), and damaged
     records it meets are named (datasets.naming_damage). Under multi-worker training only the
-    chief locks (`strategy`); the other workers write scratch files only."""
-    lock = (files.stage_lock(directory, stage or os.path.basename(os.path.normpath(directory)))
+    chief locks (`strategy`); the other workers write scratch files only.
+
+    With `options` (a SegmenterConfig or ClassifierConfig) they are checked first
+    (configs.check_training_options, errors naming `what`), once per stage: the facade checks
+    before it builds any data, and the trainer it then calls does not check again."""
+    name = stage or os.path.basename(os.path.normpath(directory))
+    checked = _CHECKED.get()
+    if options is not None and directory not in checked:
+        configs_lib.check_training_options(options, what)
+        checked = checked | {directory}
+    token = _CHECKED.set(checked)
+    lock = (files.stage_lock(directory, name)
             if strategy is None or strategies.is_chief(strategy) else contextlib.nullcontext())
-    with lock, datasets.naming_damage():
-        yield
+    try:
+        with lock, datasets.naming_damage():
+            yield
+    finally:
+        _CHECKED.reset(token)
 
 
-def one_writer(fn):
+def one_writer(role):
     """Runs a training function `fn(config, builder, work_dir, ..., strategy=None, ...)` inside
-    writing_stage(work_dir, strategy)."""
+    writing_stage(work_dir, strategy, options=config.<role>)."""
+    return functools.partial(_one_writer, role)
+
+
+def _one_writer(role, fn):
     signature = inspect.signature(fn)
 
     @functools.wraps(fn)
     def locked(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
         strategy = bound.arguments.get("strategy") or tf.distribute.get_strategy()
-        with writing_stage(str(bound.arguments["work_dir"]), strategy):
+        options = getattr(bound.arguments["config"], role)
+        with writing_stage(str(bound.arguments["work_dir"]), strategy, options=options,
+                           what=role):
             return fn(*args, **kwargs)
 
     return locked
@@ -439,7 +463,7 @@ def _run_info(strategy, policy, trainer):
             "jit_compile": trainer.jit_compile}
 
 
-@one_writer
+@one_writer("segmenter")
 def train_segmenter(config, builder, work_dir, strategy=None, verbose=1):
     """Trains the U-Net on the train split(s), selecting on validation mean Dice.
 
@@ -529,7 +553,7 @@ def classifier_loss(config, builder, work_dir=None, write=True):
                      f"{', '.join(configs_lib.CLASS_WEIGHTINGS)}")
 
 
-@one_writer
+@one_writer("classifier")
 def train_classifier(config, builder, work_dir, segmenter_path=None, strategy=None,
                      backbone_weights=None, verbose=1):
     """Trains the classifier on the train split, selecting on validation mean AUROC.
