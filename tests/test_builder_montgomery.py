@@ -130,3 +130,27 @@ def test_a_segmenter_is_scored_on_the_lungs_of_montgomery(built, tiny_segmenter_
     seg = report_lib.evaluate_segmenter(segmenter, ds, structures)
     assert set(seg["structures"]) == {"left_lung", "right_lung", "lungs"}
     assert all(0.0 <= s["dice"] <= 1.0 for s in seg["structures"].values())
+
+
+def test_segmenter_scores_are_split_by_tb_status(built, tiny_segmenter_path):
+    """Dice per TB status (file name _1 / _0), each group against the negatives."""
+    from cxr_tf.evaluation import report as report_lib
+    from cxr_tf.evaluation import runs
+    from cxr_tf.models import load_model
+    builder, _ = built
+    segmenter = load_model(tiny_segmenter_path)
+    groups = runs.film_groups(builder, "train")
+    assert set(groups) == {"tuberculosis"}
+    ids, labels, reference = groups["tuberculosis"]
+    assert reference == "negative" and len(ids) == builder.info.splits["train"].num_examples
+    assert labels == ["positive" if i.rsplit(".", 1)[0].endswith("_1") else "negative"
+                      for i in ids]
+    ds, structures = pipeline.segmentation_dataset(builder, "train", segmenter.input_size)
+    seg = report_lib.evaluate_segmenter(segmenter, ds, structures, n_resamples=50,
+                                        groups=groups)
+    lungs = seg["by_group"]["tuberculosis"]["targets"]["lungs"]
+    assert sum(g["n"] for g in lungs.values()) == len(ids)
+    assert "| lungs | negative |" in report_lib.segmentation_markdown(seg)
+    with pytest.raises(ValueError, match="other films"):
+        report_lib.evaluate_segmenter(segmenter, ds, structures, n_resamples=0,
+                                      groups={"tuberculosis": (ids[::-1], labels, reference)})

@@ -237,3 +237,30 @@ def test_paired_difference_interval_agrees_with_delong(two_correlated_scores):
     width = res["high"] - res["low"]
     assert width / (2 * z * np.sqrt(var)) == pytest.approx(1.0, abs=0.06)
     assert abs((res["high"] + res["low"]) / 2 - diff) <= 0.1 * width
+
+
+def test_dice_by_group_on_hand_made_masks():
+    """Per-film Dice split by view: PA films segmented exactly, AP films with the lower half
+    of the lung missed (Dice 2/3), one AP film that does not label the lung (left out)."""
+    truth = np.zeros((5, 8, 8, 1), np.float32)
+    truth[:, 2:6, 2:6] = 1
+    pred = truth.copy()
+    pred[2:, 4:6] = 0  # AP films: half the lung missed -> Dice 2 * 8 / (16 + 8) = 2/3
+    known = np.array([[1], [1], [1], [1], [0]], np.float32)
+    _, per_image = metrics.partial_segmentation_scores(truth, pred, known, ["lungs"])
+    views = ["PA", "PA", "AP", "AP", "AP"]
+    found = metrics.mean_by_group(per_image["lungs"], views, n_resamples=200, reference="PA")
+    assert list(found) == ["PA", "AP"]
+    assert found["PA"]["n"] == 2 and found["PA"]["mean"] == pytest.approx(1.0)
+    assert found["AP"]["n"] == 2 and found["AP"]["mean"] == pytest.approx(2 / 3)
+    assert found["AP"]["minus_reference"] == pytest.approx(-1 / 3)
+    assert "minus_reference" not in found["PA"]
+    # Constant groups: the interval of the difference collapses onto it.
+    lo, hi = found["AP"]["minus_reference_ci"]
+    assert lo == pytest.approx(-1 / 3) and hi == pytest.approx(-1 / 3)
+    tb = metrics.mean_by_group([0.9, 0.7, 0.8, 0.6], [False, True, False, True], n_resamples=0,
+                               reference=False)
+    assert tb["True"]["minus_reference"] == pytest.approx(-0.2)
+    assert tb["True"]["minus_reference_ci"] == [None, None]  # no resamples asked for
+    with pytest.raises(ValueError, match="same length"):
+        metrics.mean_by_group([0.5], ["PA", "AP"])

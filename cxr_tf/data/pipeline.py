@@ -427,6 +427,24 @@ def examples_dataset(builder, split, batch_size=64, with_boxes=False):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def split_metadata(builder, split, keys):
+    """(image ids, {key: numpy array}) of every film of `split` in stored order (the order of
+    segmentation_dataset and examples_dataset), for the scalar features `keys` the data set has
+    (e.g. features.VIEW_POSITION, features.TUBERCULOSIS); keys it lacks are left out."""
+    features = builder.info.features
+    present = [k for k in keys if k in features]
+    ds = datasets.load_split(builder, split).map(
+        lambda ex: {k: ex[k] for k in (fk.IMAGE_ID, *present)},
+        num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+    ids, values = [], {k: [] for k in present}
+    for batch in ds.as_numpy_iterator():
+        ids += [i.decode() for i in batch[fk.IMAGE_ID]]
+        for k in present:
+            values[k] += list(batch[k])
+    decode = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
+    return ids, {k: [decode(v) for v in vals] for k, vals in values.items()}
+
+
 def segmentation_dataset(builder, split, size, batch_size=64):
     """(image, (masks, known), image_id) batches of a split with masks, at the segmenter's
     input size.

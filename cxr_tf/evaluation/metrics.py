@@ -143,6 +143,63 @@ def bootstrap_mean_interval(values, n_resamples=1000, confidence=0.95, seed=0):
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def bootstrap_difference_interval(a, b, n_resamples=1000, confidence=0.95, seed=0):
+    """Percentile-bootstrap interval of mean(a) - mean(b) for two independent samples (NaNs
+    dropped; each resampled within itself), with scipy.stats.bootstrap; (nan, nan) when either
+    has fewer than two values."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    if len(a) < 2 or len(b) < 2 or not n_resamples:
+        return float("nan"), float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis),
+                              n_resamples=n_resamples, method="percentile", paired=False,
+                              confidence_level=confidence, random_state=seed, vectorized=True)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def mean_by_group(values, groups, n_resamples=1000, seed=0, reference=None):
+    """Per-film scores (e.g. Dice; NaN where a film does not label the target) summarised by
+    group (e.g. view "PA"/"AP", or TB-positive/negative).
+
+    Args:
+      values: (N,) per-film scores.
+      groups: (N,) group of each film (strings or bools; order of first appearance kept).
+      n_resamples, seed: bootstrap of each group's mean and of the differences.
+      reference: the group the others are compared with (mean(group) - mean(reference), with a
+        bootstrap interval); None: no differences.
+
+    Returns:
+      {group (as str): {"n", "mean", "ci_low", "ci_high"[, "minus_reference",
+      "minus_reference_ci"]}}; groups without a scored film have n 0 and mean None.
+    """
+    values = np.asarray(values, dtype=float)
+    groups = np.asarray([str(g) for g in groups])
+    if values.shape != groups.shape:
+        raise ValueError(f"values {values.shape} and groups {groups.shape} must be the same "
+                         f"length")
+    out = {}
+    for g in dict.fromkeys(groups.tolist()):
+        v = values[groups == g]
+        v = v[~np.isnan(v)]
+        lo, hi = bootstrap_mean_interval(v, n_resamples, seed=seed)
+        out[g] = {"n": int(len(v)), "mean": float(v.mean()) if len(v) else None,
+                  "ci_low": None if np.isnan(lo) else lo, "ci_high": None if np.isnan(hi) else hi}
+    if reference is not None and str(reference) in out:
+        ref = values[groups == str(reference)]
+        for g, row in out.items():
+            if g == str(reference) or not row["n"] or not out[str(reference)]["n"]:
+                continue
+            v = values[groups == g]
+            lo, hi = bootstrap_difference_interval(v, ref, n_resamples, seed=seed)
+            row["minus_reference"] = float(np.nanmean(v) - np.nanmean(ref))
+            row["minus_reference_ci"] = [None if np.isnan(lo) else lo,
+                                         None if np.isnan(hi) else hi]
+    return out
+
+
 def auroc_rows(y_true, y_score):
     """AUROC along the last axis for many score vectors at once (the bootstrap's statistic).
 

@@ -195,7 +195,7 @@ def _as_partial_targets(targets, structures):
 
 
 def evaluate_segmenter(segmenter, seg_ds, structures=labels_lib.STRUCTURES, n_resamples=1000,
-                       worst_fraction=0.1, seed=0):
+                       worst_fraction=0.1, seed=0, groups=None):
     """Dice and IoU per structure, both lungs together and the union, at the segmenter's input
     resolution, each over the images that label it, with bootstrap intervals and the worst films.
 
@@ -211,6 +211,10 @@ def evaluate_segmenter(segmenter, seg_ds, structures=labels_lib.STRUCTURES, n_re
       n_resamples: bootstrap resamples of each mean Dice's 95% interval (0: none).
       worst_fraction: the share of films with the lowest Dice listed per target (at least 1).
       seed: bootstrap seed.
+      groups: optional {grouping: (image ids, group of each film, reference group)}, e.g.
+        {"view": (ids, ["PA", "AP", ...], "PA")}: Dice per group of every target, and each
+        group's difference from the reference with its interval ("by_group"). The ids must be
+        the films of `seg_ds` in its order (pipeline.split_metadata gives them).
     """
     unknown = [s for s in structures if s not in labels_lib.SEGMENTATION_TARGETS]
     if unknown:
@@ -236,8 +240,18 @@ def evaluate_segmenter(segmenter, seg_ds, structures=labels_lib.STRUCTURES, n_re
         k = max(1, int(math.ceil(worst_fraction * len(rows))))
         worst[name] = [{"image_id": ids[i], "dice": float(dice[i])}
                        for i in rows[np.argsort(dice[rows], kind="stable")[:k]]]
+    by_group = {}
+    for grouping, (group_ids, values, reference) in (groups or {}).items():
+        if list(group_ids) != list(ids):
+            raise ValueError(f"groups[{grouping!r}] names other films than the segmentation "
+                             f"data set, or in another order ({len(group_ids)} ids vs "
+                             f"{len(ids)}); build both from the same split")
+        by_group[grouping] = {"reference": reference, "targets": {
+            name: metrics.mean_by_group(per_image[name], values, n_resamples, seed=seed,
+                                        reference=reference)
+            for name in scores}}
     return {"n_images": int(len(probs)), "resolution": int(probs.shape[1]),
-            "structures": scores, "threshold": 0.5, "worst": worst,
+            "structures": scores, "threshold": 0.5, "worst": worst, "by_group": by_group,
             "worst_fraction": float(worst_fraction),
             "bootstrap": {"resamples": int(n_resamples), "confidence": 0.95, "seed": int(seed)}}
 
@@ -431,6 +445,29 @@ def segmentation_markdown(seg):
         for name, films in worst.items():
             out.append(f"- {name}: " + ", ".join(f"{w['image_id']} {w['dice']:.3f}"
                                                  for w in films))
+    for grouping, found in (seg.get("by_group") or {}).items():
+        out += ["", by_group_markdown(grouping, found)]
+    return "\n".join(out)
+
+
+def by_group_markdown(grouping, found):
+    """Dice per group of films (e.g. by view, or TB-positive vs negative) for every target,
+    with each group's difference from the reference group."""
+    ref = found["reference"]
+    out = [f"Dice by {grouping} (difference: group minus {ref}, 95% bootstrap interval):", "",
+           f"| Structure | {grouping} | films | Dice | 95% CI | minus {ref} | 95% CI |",
+           "|---|---|---:|---:|---|---:|---|"]
+    for name, groups in found["targets"].items():
+        # The reference group's row first, then the others in order of appearance.
+        for group, g in sorted(groups.items(), key=lambda kv: kv[0] != ref):
+            dice = "—" if g["mean"] is None else f"{g['mean']:.4f}"
+            diff = g.get("minus_reference")
+            lo, hi = g.get("minus_reference_ci") or (None, None)
+            diff_ci = "n/a" if lo is None or hi is None else f"[{lo:+.3f}, {hi:+.3f}]"
+            out.append(f"| {name} | {group} | {g['n']} | {dice} | "
+                       f"{_ci(g['ci_low'], g['ci_high'])} | "
+                       f"{'' if diff is None else f'{diff:+.4f}'} | "
+                       f"{'' if diff is None else diff_ci} |")
     return "\n".join(out)
 
 

@@ -15,6 +15,8 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from cxr_tf import files, layout
 from cxr_tf import labels as labels_lib
 from cxr_tf.data import features as fk
@@ -144,6 +146,26 @@ def _classifier_sections(classifier_path, builder, config, out_dir, split, segme
     return sections
 
 
+# Film attributes segmentation scores are split by, when a data set records them:
+# (feature, grouping name, reference group the others are compared with).
+GROUPINGS = ((fk.VIEW_POSITION, "view", "PA"), (fk.TUBERCULOSIS, "tuberculosis", "negative"),
+             (fk.NODULE, "nodule", "negative"))
+
+
+def film_groups(builder, split):
+    """{grouping: (image ids, group of each film, reference)} for evaluate_segmenter's
+    `groups`, from the GROUPINGS attributes `builder` records (boolean findings become
+    "positive" / "negative")."""
+    ids, values = pipeline.split_metadata(builder, split, [key for key, _, _ in GROUPINGS])
+    groups = {}
+    for key, name, reference in GROUPINGS:
+        if key in values:
+            labels = [("positive" if v else "negative") if isinstance(v, (bool, np.bool_))
+                      else str(v) for v in values[key]]
+            groups[name] = (ids, labels, reference)
+    return groups
+
+
 def _segmenter_sections(segmenter_path, builder, split, config, out_dir, n_resamples,
                         max_overlays, with_boxes):
     segmenter = load_model(require(segmenter_path, "Segmenter"))
@@ -153,7 +175,7 @@ def _segmenter_sections(segmenter_path, builder, split, config, out_dir, n_resam
                       with_boxes)
     seg_ds, structures = pipeline.segmentation_dataset(builder, split, segmenter.input_size)
     seg = report_lib.evaluate_segmenter(segmenter, seg_ds, structures, n_resamples=n_resamples,
-                                        seed=config.seed)
+                                        seed=config.seed, groups=film_groups(builder, split))
     seg.update(model=files.absolute(segmenter_path), dataset=builder.info.full_name,
                split=split)
     log.info("Segmentation on %s %s (%d images, %d px, masks at 0.5):\n%s", seg["dataset"],
