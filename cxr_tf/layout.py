@@ -42,6 +42,7 @@ REPORT_MD = "report.md"
 PREDICTIONS_CSV = "predictions.csv"
 SEGMENTER_COVERAGE_JSON = "segmenter_coverage.json"
 SEGMENTER_CONTACT_SHEET = "segmenter_contact_sheet.png"
+SEGMENTER_WORST_SHEET = "segmenter_worst_films.png"
 LOCALISATION_JSON = "localisation_boxes.json"
 MASK_KEEPS_JSON = "mask_keeps_boxes.json"
 

@@ -132,7 +132,7 @@ def test_a_segmenter_is_scored_on_the_lungs_of_montgomery(built, tiny_segmenter_
     assert all(0.0 <= s["dice"] <= 1.0 for s in seg["structures"].values())
 
 
-def test_segmenter_scores_are_split_by_tb_status(built, tiny_segmenter_path):
+def test_segmenter_scores_are_split_by_tb_status(built, tiny_segmenter_path, tmp_path):
     """Dice per TB status (file name _1 / _0), each group against the negatives."""
     from cxr_tf.evaluation import report as report_lib
     from cxr_tf.evaluation import runs
@@ -151,6 +151,15 @@ def test_segmenter_scores_are_split_by_tb_status(built, tiny_segmenter_path):
     lungs = seg["by_group"]["tuberculosis"]["targets"]["lungs"]
     assert sum(g["n"] for g in lungs.values()) == len(ids)
     assert "| lungs | negative |" in report_lib.segmentation_markdown(seg)
+    sheet = tmp_path / "worst.png"
+    from cxr_tf.evaluation import screening
+    screening.worst_films_sheet(segmenter, ds, seg["worst"]["lungs"], str(sheet), columns=2,
+                                tile=64)
+    image = cv2.imread(str(sheet))
+    rows = -(-len(seg["worst"]["lungs"]) // 2)
+    assert image.shape == (64 * rows, 128, 3)
+    # White above the caption line: the reference outline is drawn.
+    assert (image[:44, :64] == 255).all(axis=-1).any()
     with pytest.raises(ValueError, match="other films"):
         report_lib.evaluate_segmenter(segmenter, ds, structures, n_resamples=0,
                                       groups={"tuberculosis": (ids[::-1], labels, reference)})

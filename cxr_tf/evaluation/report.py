@@ -195,7 +195,7 @@ def _as_partial_targets(targets, structures):
 
 
 def evaluate_segmenter(segmenter, seg_ds, structures=labels_lib.STRUCTURES, n_resamples=1000,
-                       worst_fraction=0.1, seed=0, groups=None):
+                       worst_fraction=0.1, seed=0, groups=None, min_worst=1):
     """Dice and IoU per structure, both lungs together and the union, at the segmenter's input
     resolution, each over the images that label it, with bootstrap intervals and the worst films.
 
@@ -209,7 +209,8 @@ def evaluate_segmenter(segmenter, seg_ds, structures=labels_lib.STRUCTURES, n_re
         together; the segmenter's is the union of its two lungs). With "lungs" and "heart",
         "union" (lungs and heart) is scored too; without the heart it is left out.
       n_resamples: bootstrap resamples of each mean Dice's 95% interval (0: none).
-      worst_fraction: the share of films with the lowest Dice listed per target (at least 1).
+      worst_fraction: the share of films with the lowest Dice listed per target (at least
+        `min_worst` films, or all there are).
       seed: bootstrap seed.
       groups: optional {grouping: (image ids, group of each film, reference group)}, e.g.
         {"view": (ids, ["PA", "AP", ...], "PA")}: Dice per group of every target, and each
@@ -237,7 +238,7 @@ def evaluate_segmenter(segmenter, seg_ds, structures=labels_lib.STRUCTURES, n_re
         score.update(ci_low=_num(lo), ci_high=_num(hi))
         dice = per_image[name]
         rows = np.nonzero(~np.isnan(dice))[0]
-        k = max(1, int(math.ceil(worst_fraction * len(rows))))
+        k = max(1, int(min_worst), int(math.ceil(worst_fraction * len(rows))))
         worst[name] = [{"image_id": ids[i], "dice": float(dice[i])}
                        for i in rows[np.argsort(dice[rows], kind="stable")[:k]]]
     by_group = {}
@@ -445,6 +446,11 @@ def segmentation_markdown(seg):
         for name, films in worst.items():
             out.append(f"- {name}: " + ", ".join(f"{w['image_id']} {w['dice']:.3f}"
                                                  for w in films))
+    sheet = seg.get("worst_films_sheet")
+    if sheet:
+        out += ["", f"The worst films by {sheet['target']} Dice (white: the reference outlines; "
+                    f"red, green, blue: the segmenter's left lung, right lung, heart):", "",
+                f"![worst films]({sheet['path']})"]
     for grouping, found in (seg.get("by_group") or {}).items():
         out += ["", by_group_markdown(grouping, found)]
     return "\n".join(out)

@@ -152,6 +152,10 @@ GROUPINGS = ((fk.VIEW_POSITION, "view", "PA"), (fk.TUBERCULOSIS, "tuberculosis",
              (fk.NODULE, "nodule", "negative"))
 
 
+# Films on the contact sheet of a segmenter's worst films (data sets with masks).
+WORST_FILMS = 32
+
+
 def film_groups(builder, split):
     """{grouping: (image ids, group of each film, reference)} for evaluate_segmenter's
     `groups`, from the GROUPINGS attributes `builder` records (boolean findings become
@@ -175,7 +179,15 @@ def _segmenter_sections(segmenter_path, builder, split, config, out_dir, n_resam
                       with_boxes)
     seg_ds, structures = pipeline.segmentation_dataset(builder, split, segmenter.input_size)
     seg = report_lib.evaluate_segmenter(segmenter, seg_ds, structures, n_resamples=n_resamples,
-                                        seed=config.seed, groups=film_groups(builder, split))
+                                        seed=config.seed, groups=film_groups(builder, split),
+                                        min_worst=WORST_FILMS if max_overlays else 1)
+    if max_overlays:
+        # The worst films of the widest target the data set outlines: lungs and heart, else lungs.
+        target = "union" if "union" in seg["worst"] else labels_lib.LUNGS
+        sheet = screening.worst_films_sheet(
+            segmenter, seg_ds, seg["worst"][target][:WORST_FILMS],
+            os.path.join(out_dir, layout.SEGMENTER_WORST_SHEET))
+        seg["worst_films_sheet"] = {"path": os.path.relpath(sheet, out_dir), "target": target}
     seg.update(model=files.absolute(segmenter_path), dataset=builder.info.full_name,
                split=split)
     log.info("Segmentation on %s %s (%d images, %d px, masks at 0.5):\n%s", seg["dataset"],

@@ -159,6 +159,67 @@ def contact_sheet(segmenter, builder, split, image_ids, path, input_size=224, re
     return path
 
 
+TRUTH_COLOUR = (255, 255, 255)
+
+
+def worst_films_sheet(segmenter, seg_ds, films, path, columns=8, tile=224):
+    """Writes a PNG contact sheet of films with masks (the worst by Dice, say): each film at the
+    segmenter's input, upscaled to `tile` px, with the reference outlines (white: both lungs,
+    and the heart where the data set draws it) and the segmenter's (left lung red, right lung
+    green, heart blue, at 0.5), captioned with its id and Dice. Returns the path.
+
+    Args:
+      segmenter: a UNetSegmenter.
+      seg_ds: batches of (image, (masks, known), image_id) from
+        cxr_tf.data.pipeline.segmentation_dataset (targets in labels.SEGMENTATION_TARGETS
+        order: left lung, right lung, heart, both lungs).
+      films: [{"image_id", "dice"}] in sheet order (evaluate_segmenter's "worst" lists).
+      path: the PNG to write.
+    """
+    wanted = {f["image_id"]: f["dice"] for f in films}
+    tiles = {}
+    for images, (masks, known), ids in seg_ds:
+        names = [i.decode() for i in ids.numpy()]
+        keep = [k for k, name in enumerate(names) if name in wanted]
+        if not keep:
+            continue
+        x = images.numpy()[keep]
+        probs = np.asarray(segmenter(x, training=False))
+        truth, labelled = masks.numpy()[keep], known.numpy()[keep]
+
+        def outline(canvas, mask, colour):
+            up = cv2.resize(mask.astype(np.float32), (tile, tile),
+                            interpolation=cv2.INTER_LINEAR) >= 0.5
+            contours, _ = cv2.findContours(up.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(canvas, contours, -1, colour, 1)
+
+        for row, k in enumerate(keep):
+            grey = cv2.resize(x[row, ..., 0], (tile, tile), interpolation=cv2.INTER_LINEAR)
+            canvas = cv2.cvtColor((np.clip(grey, 0, 1) * 255).astype(np.uint8),
+                                  cv2.COLOR_GRAY2BGR)
+            for target in (3, 2):  # both lungs, heart: the reference where the film labels it
+                if labelled[row, target] > 0.5:
+                    outline(canvas, truth[row, ..., target] >= 0.5, TRUTH_COLOUR)
+            for s, colour in enumerate(COLOURS):
+                outline(canvas, probs[row, ..., s] >= 0.5, colour)
+            cv2.rectangle(canvas, (0, tile - 16), (tile - 1, tile - 1), (0, 0, 0), -1)
+            cv2.putText(canvas, f"{names[k][:16]} {wanted[names[k]]:.3f}", (3, tile - 5),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
+            tiles[names[k]] = canvas
+    ordered = [tiles[f["image_id"]] for f in films if f["image_id"] in tiles]
+    if not ordered:
+        raise ValueError(f"None of the {len(films)} films asked for is in the data set given")
+    blank = np.zeros_like(ordered[0])
+    rows = [np.hstack(ordered[r:r + columns] + [blank] * (columns - len(ordered[r:r + columns])))
+            for r in range(0, len(ordered), columns)]
+    ok, buf = cv2.imencode(".png", np.vstack(rows))
+    if not ok:
+        raise RuntimeError("PNG encoding of the contact sheet failed")
+    files.write_bytes_atomic(path, buf.tobytes())
+    return path
+
+
 def _to_segmenter(segmenter, model_inputs):
     if model_inputs.shape[1] == segmenter.input_size:
         return model_inputs
