@@ -168,11 +168,15 @@ class SegmenterConfig(TrainingOptions):
                            "edges (0 = off).")
     overlays: float = field(0.0, "Augmentation: probability of burnt-in lines and text blocks "
                             "(0 = off).")
+    opacities: float = field(0.0, "Augmentation: probability of a dense opacity (effusion-like "
+                             "meniscus or patchy consolidation) pasted inside a lung with the "
+                             "masks unchanged, so opacified lung is still segmented as lung "
+                             "(0 = off; not yet measured on validation, see docs/segmenter.md).")
 
     def augmentation_fields(self):
         """The fields that make its cxr_tf.data.pipeline.Augmentation, as a dict."""
         names = ("min_crop_fraction", "brightness", "contrast", "gamma", "noise", "blur",
-                 "scale", "rotation", "shift", "borders", "overlays")
+                 "scale", "rotation", "shift", "borders", "overlays", "opacities")
         return {n: getattr(self, n) for n in names}
 
 

@@ -157,3 +157,52 @@ def test_hospital_augmentation_is_deterministic_for_a_seed_and_keeps_masks_align
     _, (m, _) = pipeline.parse_partial_segmentation(example, 64, aug=still,
                                                     seed=tf.constant([5, 6], tf.int64))
     np.testing.assert_array_equal(m.numpy()[..., 1] > 0.5, masks[..., 1] > 0)
+
+
+def test_opacity_synthesis_stays_inside_the_lungs_keeps_masks_and_is_deterministic():
+    """Pasted opacities change lung pixels only, leave the masks (and every other draw) as they
+    were, and are a pure function of the seed; both kinds occur (meniscus, blobs)."""
+    import tensorflow as tf
+
+    from cxr_tf.data import augment
+    size = 64
+    image = np.full((size, size, 1), 60, np.uint8)  # dark lungs, so an opacity shows
+    masks = np.zeros((size, size, 3), np.uint8)
+    masks[12:54, 6:28, 1] = 255   # right lung (image left)
+    masks[12:54, 36:58, 0] = 255  # left lung (image right)
+    example = {"image": image, "masks": masks, "image_id": "a"}
+    lungs = (masks[..., :2] > 0).any(axis=-1)
+    base = pipeline.Augmentation(min_crop_fraction=0.9, noise=0.02, scale=0.1)
+    with_opacity = pipeline.Augmentation(min_crop_fraction=0.9, noise=0.02, scale=0.1,
+                                         opacities=1.0)
+    run = lambda aug, s: pipeline.parse_partial_segmentation(  # noqa: E731
+        example, size, aug=aug, seed=tf.constant(s, tf.int64))
+    (x1, (m1, _)), (x2, (m2, _)) = run(with_opacity, [1, 2]), run(with_opacity, [1, 2])
+    np.testing.assert_array_equal(m1.numpy(), m2.numpy())
+    np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+    _, (m0, _) = run(base, [1, 2])
+    np.testing.assert_array_equal(m1.numpy(), m0.numpy())  # masks unchanged, and aligned
+
+    # The op itself, no other augmentation: only lung pixels change, and they get brighter.
+    x = tf.constant(image / 255.0, tf.float32)
+    m = tf.constant(masks / 255.0, tf.float32)
+    kinds = set()
+    changed_any = 0
+    for s in range(12):
+        out = augment.opacities(x, m, tf.constant([s, 7], tf.int64), 1.0).numpy()[..., 0]
+        diff = out - x.numpy()[..., 0]
+        assert np.abs(diff[~lungs]).max() == 0.0
+        assert diff.min() >= -1e-6
+        changed = diff > 0.05
+        changed_any += changed.any()
+        if changed.any():
+            rows = np.nonzero(changed.any(axis=1))[0]
+            # A meniscus reaches the lung's lowest row; blobs are inside, mostly above it.
+            kinds.add("meniscus" if rows.max() == 53 and changed[53].sum() > 5 else "blobs")
+        again = augment.opacities(x, m, tf.constant([s, 7], tf.int64), 1.0).numpy()[..., 0]
+        np.testing.assert_array_equal(out, again)
+    assert changed_any == 12 and kinds == {"meniscus", "blobs"}
+    off = augment.opacities(x, m, tf.constant([0, 7], tf.int64), 0.0)
+    np.testing.assert_array_equal(off.numpy(), x.numpy())
+    empty = augment.opacities(x, tf.zeros_like(m), tf.constant([0, 7], tf.int64), 1.0)
+    np.testing.assert_array_equal(empty.numpy(), x.numpy())  # no lung: nothing to paste into

@@ -10,7 +10,9 @@ Geometry (`affine`) moves image and masks together; everything else touches the 
   - Gaussian blur (soft detectors, motion) and Gaussian noise (quantum noise of low-dose films);
   - collimation borders (black or white bands along the film edges);
   - burnt-in overlays: bright lines (wires, tubes, lead markers' edges) and blocks (text labels).
-Overlays and borders do not change the masks: a wire over a lung is still lung.
+Overlays and borders do not change the masks: a wire over a lung is still lung. Nor do pasted
+opacities (`opacities`: an effusion-like meniscus or patchy consolidation inside a lung): an
+opacified lung is still lung, which is what the classifier's mask has to keep.
 """
 
 import math
@@ -132,3 +134,62 @@ def overlays(image, seed, probability, lines=3, blocks=2):
     level = _uniform(seed, 70, 0.75, 1.0)
     on = _uniform(seed, 71, 0.0, 1.0) < probability
     return tf.where(tf.logical_and(on, drawn)[..., None], level, image)
+
+
+def opacities(image, masks, seed, probability, strength=(0.35, 0.8)):
+    """With `probability`, a dense opacity pasted inside one lung, the masks left as they are:
+    the lung stays lung when it is opacified (what the classifier needs its mask to keep).
+
+    One of two kinds, drawn per film, in the image-left or image-right lung (drawn):
+      - an effusion-like meniscus: the lowest 10-45% of that lung's height filled, the line
+        rising towards the lateral chest wall;
+      - patchy consolidation: three Gaussian blobs inside that lung.
+    The lung pixels are blended towards a bright level in [0.75, 0.95] by a weight in
+    `strength`; pixels outside the lungs are never changed.
+
+    Args:
+      image: (size, size, 1) float32 in [0, 1].
+      masks: (size, size, C) float32 {0, 1}: channels 0 and 1 the left and right lung, and for
+        the 4-target layout (pipeline.segmentation_targets) channel 3 both lungs.
+      seed: stateless seed (shape [2]).
+      probability: chance of an opacity on a film.
+    """
+    size = image.shape[0]
+    y, x = _grid(size)
+    lungs = tf.reduce_max(masks[..., :2], axis=-1)
+    if masks.shape[-1] >= 4:
+        lungs = tf.maximum(lungs, masks[..., 3])
+    left_half = _uniform(seed, 80, 0.0, 1.0) < 0.5
+    half = tf.where(left_half, x < size / 2, x >= size / 2)
+    region = tf.logical_and(lungs > 0.5, half)
+    inside = tf.cast(region, tf.float32)
+    big = float(size)
+    y_min = tf.reduce_min(tf.where(region, y, big))
+    y_max = tf.reduce_max(tf.where(region, y, -1.0))
+    x_min = tf.reduce_min(tf.where(region, x, big))
+    x_max = tf.reduce_max(tf.where(region, x, -1.0))
+    height = tf.maximum(y_max - y_min, 1.0)
+    width = tf.maximum(x_max - x_min, 1.0)
+
+    # Meniscus: filled below a line that rises by up to 40% of the fill towards the chest wall
+    # (the lateral edge: x_min in the image-left lung, x_max in the image-right one).
+    fill = _uniform(seed, 81, 0.10, 0.45) * height
+    lateral = tf.where(left_half, (x_max - x) / width, (x - x_min) / width)  # 0 at the wall
+    line = y_max - fill - 0.4 * fill * (1.0 - tf.clip_by_value(lateral, 0.0, 1.0))
+    meniscus = tf.sigmoid((y - line) / (0.01 * size + 0.5))
+
+    # Consolidation: three blobs centred inside the lung's box.
+    centres = _uniform(seed, 82, 0.15, 0.85, [3, 2])
+    sigmas = _uniform(seed, 83, 0.05, 0.12, [3]) * size
+    blobs = tf.zeros_like(y)
+    for i in range(3):
+        cy = y_min + centres[i, 0] * height
+        cx = x_min + centres[i, 1] * width
+        blobs = tf.maximum(blobs, tf.exp(-((y - cy) ** 2 + (x - cx) ** 2)
+                                         / (2.0 * sigmas[i] ** 2)))
+    shape = tf.where(_uniform(seed, 84, 0.0, 1.0) < 0.5, meniscus, blobs)
+    weight = _uniform(seed, 85, strength[0], strength[1]) * shape * inside
+    level = _uniform(seed, 86, 0.75, 0.95)
+    on = tf.logical_and(_uniform(seed, 87, 0.0, 1.0) < probability, y_max >= 0.0)
+    pasted = image * (1.0 - weight[..., None]) + level * weight[..., None]
+    return tf.where(on, pasted, image)

@@ -47,6 +47,8 @@ class Augmentation:
       shift: max shift as a fraction of the side (0 = off).
       borders: probability of collimation bands along the edges (0 = off).
       overlays: probability of burnt-in lines and text blocks (0 = off).
+      opacities: probability of a dense opacity pasted inside a lung, masks unchanged
+        (segmentation only; 0 = off).
     """
     min_crop_fraction: float = 1.0
     brightness: float = 0.0
@@ -59,6 +61,7 @@ class Augmentation:
     shift: float = 0.0
     borders: float = 0.0
     overlays: float = 0.0
+    opacities: float = 0.0
 
     @property
     def geometric(self):
@@ -68,7 +71,8 @@ class Augmentation:
     def enabled(self):
         return (self.min_crop_fraction < 1.0 or self.geometric
                 or any(getattr(self, f) > 0 for f in ("brightness", "contrast", "gamma", "noise",
-                                                      "blur", "borders", "overlays")))
+                                                      "blur", "borders", "overlays",
+                                                      "opacities")))
 
 
 NO_AUGMENTATION = Augmentation()
@@ -145,6 +149,8 @@ def _segmentation_pair(image, masks, size, aug, seed):
     image = stacked[..., :1]
     masks = tf.cast(stacked[..., 1:] >= 0.5, tf.float32)
     masks = tf.ensure_shape(masks, [size, size, n_masks])
+    if aug.enabled and aug.opacities > 0:  # part of the film, so before exposure and noise
+        image = augment.opacities(image, masks, seed, aug.opacities)
     if aug.enabled:
         image = _photometric(image, aug, seed)
     return image, masks
