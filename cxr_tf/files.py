@@ -40,6 +40,8 @@ from cxr_tf import errors
 log = logging.getLogger("cxr_tf")
 
 TMP_PREFIX = ".tmp-"
+# A local path or a URI TensorFlow's filesystems serve (gs://bucket/run): what the helpers take.
+PathLike = str | os.PathLike
 
 
 def _gfile():
@@ -115,11 +117,6 @@ def getsize(path):
         return _gfile().stat(path).length
 
 
-def glob(pattern):
-    """The paths matching a glob `pattern` (any filesystem)."""
-    return _gfile().glob(os.fspath(pattern))
-
-
 def open_file(path, mode="r"):
     """A file object for `path` in `mode` ("r", "rb", "w", "wb", "a"; any filesystem)."""
     path = os.fspath(path)
@@ -139,28 +136,20 @@ def read_json(path):
     return json.loads(read_text(path))
 
 
-def copy(src, dst, overwrite=False):
-    """Copies file `src` to `dst` (any filesystems, e.g. a local file into gs://)."""
-    with _as_os_errors(src):
-        _gfile().copy(os.fspath(src), os.fspath(dst), overwrite=overwrite)
-
-
 def remove(path):
     """Removes a file or folder tree at `path` if there is one (any filesystem)."""
     path = os.fspath(path)
     if is_local(path):
         _remove(path)
-    else:
-        import tensorflow as tf
-        try:
+        return
+    try:
+        with _as_os_errors(path):
             if _gfile().isdir(path):
                 _gfile().rmtree(path)
             elif _gfile().exists(path):
                 _gfile().remove(path)
-        except tf.errors.NotFoundError:
-            pass  # gone already (or a folder that only existed through its objects)
-        except tf.errors.OpError as e:
-            raise OSError(5, e.message or type(e).__name__, path) from None
+    except FileNotFoundError:
+        pass  # gone already (or a folder that only existed through its objects)
 
 
 def rename(src, dst):

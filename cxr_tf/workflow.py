@@ -37,6 +37,7 @@ from cxr_tf.data import features as fk
 from cxr_tf.evaluation import ablation
 from cxr_tf.evaluation import report as report_lib
 from cxr_tf.evaluation import runs as eval_runs
+from cxr_tf.files import PathLike
 from cxr_tf.models import load_model
 from cxr_tf.serving import export as export_lib
 from cxr_tf.serving import grpc_service, overlay, predict, rest_json, rest_server, tf_serving
@@ -49,8 +50,6 @@ if TYPE_CHECKING:
     Builder = tfds.core.DatasetBuilder
 
 log = logging.getLogger("cxr_tf")
-# A local path or a URI TensorFlow's filesystems serve (gs://bucket/run).
-PathLike = str | os.PathLike
 
 __all__ = [
     # orchestration

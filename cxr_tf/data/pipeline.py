@@ -434,9 +434,10 @@ def examples_dataset(builder, split, batch_size=64, with_boxes=False):
 
 
 def split_metadata(builder, split, keys):
-    """(image ids, {key: numpy array}) of every film of `split` in stored order (the order of
-    segmentation_dataset and examples_dataset), for the scalar features `keys` the data set has
-    (e.g. features.VIEW_POSITION, features.TUBERCULOSIS); keys it lacks are left out."""
+    """(image ids, {key: list of values}) of every film of `split` in stored order (the order
+    of segmentation_dataset and examples_dataset), for the scalar features `keys` the data set
+    has (e.g. features.VIEW_POSITION, features.TUBERCULOSIS; text decoded); keys it lacks are
+    left out."""
     features = builder.info.features
     present = [k for k in keys if k in features]
     ds = datasets.load_split(builder, split).map(

@@ -23,6 +23,7 @@ from cxr_tf.data import features as fk
 from cxr_tf.data import pipeline
 from cxr_tf.evaluation import inference, localization, screening
 from cxr_tf.evaluation import report as report_lib
+from cxr_tf.files import PathLike
 from cxr_tf.models import load_model
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     Builder = tfds.core.DatasetBuilder
 
 log = logging.getLogger("cxr_tf")
-PathLike = str | os.PathLike
+
 
 def require(path: PathLike, what: str) -> PathLike:
     """`path` when something exists there (any filesystem), else FileNotFoundError naming
@@ -150,8 +151,6 @@ def _classifier_sections(classifier_path, builder, config, out_dir, split, segme
 # (feature, grouping name, reference group the others are compared with).
 GROUPINGS = ((fk.VIEW_POSITION, "view", "PA"), (fk.TUBERCULOSIS, "tuberculosis", "negative"),
              (fk.NODULE, "nodule", "negative"))
-
-
 # Films on the contact sheet of a segmenter's worst films (data sets with masks).
 WORST_FILMS = 32
 
@@ -160,7 +159,10 @@ def film_groups(builder, split):
     """{grouping: (image ids, group of each film, reference)} for evaluate_segmenter's
     `groups`, from the GROUPINGS attributes `builder` records (boolean findings become
     "positive" / "negative")."""
-    ids, values = pipeline.split_metadata(builder, split, [key for key, _, _ in GROUPINGS])
+    keys = [key for key, _, _ in GROUPINGS if key in builder.info.features]
+    if not keys:
+        return {}  # nothing to group by: no pass over the split
+    ids, values = pipeline.split_metadata(builder, split, keys)
     groups = {}
     for key, name, reference in GROUPINGS:
         if key in values:

@@ -128,11 +128,7 @@ def contact_sheet(segmenter, builder, split, image_ids, path, input_size=224, re
         for row, k in enumerate(keep):
             tile = cv2.cvtColor((x[row, ..., 0] * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
             for s, colour in enumerate(COLOURS):
-                up = cv2.resize(probs[row, ..., s], (input_size, input_size),
-                                interpolation=cv2.INTER_LINEAR) >= 0.5
-                contours, _ = cv2.findContours(up.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                               cv2.CHAIN_APPROX_NONE)
-                cv2.drawContours(tile, contours, -1, colour, 1)
+                _outline(tile, probs[row, ..., s], colour)
             cells = localization.grid_mask_by_rule(probs[row].max(axis=-1), grid, threshold,
                                                    dilation)
             kept = np.kron(cells, np.ones((cell, cell), np.uint8)).astype(np.uint8)
@@ -146,13 +142,25 @@ def contact_sheet(segmenter, builder, split, image_ids, path, input_size=224, re
     if not ordered:
         raise ValueError(f"None of the {len(wanted)} films chosen for the contact sheet is in "
                          f"{builder.info.full_name} {split}")
-    blank = np.zeros_like(ordered[0])
-    rows = []
-    for r in range(0, len(ordered), columns):
-        row = ordered[r:r + columns]
-        rows.append(np.hstack(row + [blank] * (columns - len(row))))
-    sheet = np.vstack(rows)
-    ok, buf = cv2.imencode(".png", sheet)
+    return _write_sheet(ordered, columns, path)
+
+
+def _outline(canvas, probs, colour):
+    """Draws the outline of `probs` >= 0.5, resized to the canvas, onto it."""
+    side = canvas.shape[0]
+    up = cv2.resize(np.asarray(probs, np.float32), (side, side),
+                    interpolation=cv2.INTER_LINEAR) >= 0.5
+    contours, _ = cv2.findContours(up.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(canvas, contours, -1, colour, 1)
+
+
+def _write_sheet(tiles, columns, path):
+    """Lays equal tiles out `columns` to a row (the last padded black), writes the PNG."""
+    blank = np.zeros_like(tiles[0])
+    rows = [np.hstack(tiles[r:r + columns] + [blank] * (columns - len(tiles[r:r + columns])))
+            for r in range(0, len(tiles), columns)]
+    ok, buf = cv2.imencode(".png", np.vstack(rows))
     if not ok:
         raise RuntimeError("PNG encoding of the contact sheet failed")
     files.write_bytes_atomic(path, buf.tobytes())
@@ -186,23 +194,15 @@ def worst_films_sheet(segmenter, seg_ds, films, path, columns=8, tile=224):
         x = images.numpy()[keep]
         probs = np.asarray(segmenter(x, training=False))
         truth, labelled = masks.numpy()[keep], known.numpy()[keep]
-
-        def outline(canvas, mask, colour):
-            up = cv2.resize(mask.astype(np.float32), (tile, tile),
-                            interpolation=cv2.INTER_LINEAR) >= 0.5
-            contours, _ = cv2.findContours(up.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                           cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(canvas, contours, -1, colour, 1)
-
         for row, k in enumerate(keep):
             grey = cv2.resize(x[row, ..., 0], (tile, tile), interpolation=cv2.INTER_LINEAR)
             canvas = cv2.cvtColor((np.clip(grey, 0, 1) * 255).astype(np.uint8),
                                   cv2.COLOR_GRAY2BGR)
             for target in (3, 2):  # both lungs, heart: the reference where the film labels it
                 if labelled[row, target] > 0.5:
-                    outline(canvas, truth[row, ..., target] >= 0.5, TRUTH_COLOUR)
+                    _outline(canvas, truth[row, ..., target] >= 0.5, TRUTH_COLOUR)
             for s, colour in enumerate(COLOURS):
-                outline(canvas, probs[row, ..., s] >= 0.5, colour)
+                _outline(canvas, probs[row, ..., s] >= 0.5, colour)
             cv2.rectangle(canvas, (0, tile - 16), (tile - 1, tile - 1), (0, 0, 0), -1)
             cv2.putText(canvas, f"{names[k][:16]} {wanted[names[k]]:.3f}", (3, tile - 5),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
@@ -210,14 +210,7 @@ def worst_films_sheet(segmenter, seg_ds, films, path, columns=8, tile=224):
     ordered = [tiles[f["image_id"]] for f in films if f["image_id"] in tiles]
     if not ordered:
         raise ValueError(f"None of the {len(films)} films asked for is in the data set given")
-    blank = np.zeros_like(ordered[0])
-    rows = [np.hstack(ordered[r:r + columns] + [blank] * (columns - len(ordered[r:r + columns])))
-            for r in range(0, len(ordered), columns)]
-    ok, buf = cv2.imencode(".png", np.vstack(rows))
-    if not ok:
-        raise RuntimeError("PNG encoding of the contact sheet failed")
-    files.write_bytes_atomic(path, buf.tobytes())
-    return path
+    return _write_sheet(ordered, columns, path)
 
 
 def _to_segmenter(segmenter, model_inputs):

@@ -212,9 +212,9 @@ def load_model(path: str | os.PathLike) -> CXRClassifier | UNetSegmenter:
     size = files.getsize(path)
     with files.open_file(path, "rb") as f:
         is_zip = zipfile.is_zipfile(f)
+        f.seek(0)
+        head = f.read(16)
     if not is_zip:
-        with files.open_file(path, "rb") as f:
-            head = f.read(16)
         what = "an empty file" if not size else f"{size:,} bytes starting with {head!r}"
         raise not_a_model(f"{path} is not a Keras model file (a .keras file is a zip archive; "
                           f"this is {what}): truncated, corrupt or not a model; retrain, or "
